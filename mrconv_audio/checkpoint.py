@@ -1,0 +1,109 @@
+"""save_pretrained / load_pretrained: `model.safetensors` + `config.json`, never pickle.
+
+config.json holds the model config (labels, sample rate, input normalization among its fields) and whether the
+weights are in merged (reparameterized) form. Every failure names the file and what is wrong with it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .model import MRConvClassifier, MRConvConfig
+
+FORMAT = "mrconv-audio"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or file is missing, unreadable or does not match the model it describes."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_pretrained(model: MRConvClassifier, directory, extra: dict | None = None) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "reparameterized": model.reparameterized,
+        "config": model.config.to_dict(),
+        **(extra or {}),
+    }
+    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    _atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    return directory
+
+
+def read_config(directory) -> dict:
+    """The parsed, validated config.json of a checkpoint folder."""
+    path = Path(directory) / CONFIG_NAME
+    if not Path(directory).is_dir():
+        raise CheckpointError(f"{directory}: no such model folder")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: field 'format' must be {FORMAT!r}, got {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: field 'format_version' must be {FORMAT_VERSION}, got {meta.get('format_version')!r}")
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path}: field 'config' must be an object")
+    try:
+        meta["config"] = MRConvConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: field 'config': {e}") from None
+    return meta
+
+
+def load_pretrained(directory, map_location="cpu") -> MRConvClassifier:
+    meta = read_config(directory)
+    model = MRConvClassifier(meta["config"])
+    if meta.get("reparameterized"):
+        model.reparameterize()
+    else:
+        model.eval()
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from None
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: does not match {CONFIG_NAME}: missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected tensors {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape or tensor.dtype != expected[name].dtype:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, "
+                f"the config expects {tuple(expected[name].shape)} {expected[name].dtype}"
+            )
+    model.load_state_dict(tensors)
+    return model.to(map_location)

@@ -1,0 +1,210 @@
+"""MRConvConfig (a dataclass with named presets) and MRConvClassifier (paper figure 1, S4-style blocks)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kernels import KERNEL_PARAMETER_NAMES, KERNEL_TYPES
+from .mrconv import NORMS, MRConv
+
+# The 35 words of Speech Commands v0.02, in the order the paper's 35-way task uses (alphabetical).
+SC35_LABELS = (
+    "backward bed bird cat dog down eight five follow forward four go happy house learn left marvin nine no off "
+    "on one right seven sheila six stop three tree two up visual wow yes zero"
+).split()
+
+BLOCK_NORMS = ("batchnorm", "layernorm")
+
+
+@dataclass
+class MRConvConfig:
+    d_model: int = 128  # channels H
+    depth: int = 6  # MRConv blocks
+    kernel: str = "fourier"  # fourier | dilated | sparse | fourier_sparse
+    l0: int = 32  # taps of the shortest sub-kernel ("kernel size" in the paper's table 5)
+    n_modes: int = 16  # complex Fourier modes per sub-kernel, at most l0 // 2
+    bidirectional: bool = True
+    branch_norm: str = "batchnorm"  # batchnorm (paper) | rescale (eq. 9, merged while training)
+    block_norm: str = "batchnorm"  # batchnorm | layernorm, over channels
+    prenorm: bool = True
+    dropout: float = 0.1
+    sample_rate: int = 16000  # training rate in Hz
+    clip_seconds: float = 1.0  # the model's window: longest input at sample_rate is sample_rate * clip_seconds
+    labels: list[str] = field(default_factory=lambda: list(SC35_LABELS))
+    # Input normalization (paper D.4): x -> (x - input_mean) / input_std * 0.2; statistics from the training split.
+    input_mean: float = 0.0
+    input_std: float = 0.2
+    seed: int = 0  # sparse kernels' tap positions
+
+    def __post_init__(self):
+        checks = {
+            "kernel": (self.kernel in KERNEL_TYPES, f"one of {KERNEL_TYPES}"),
+            "branch_norm": (self.branch_norm in NORMS, f"one of {NORMS}"),
+            "block_norm": (self.block_norm in BLOCK_NORMS, f"one of {BLOCK_NORMS}"),
+            "d_model": (self.d_model >= 1, "a positive integer"),
+            "depth": (self.depth >= 1, "a positive integer"),
+            "n_modes": (1 <= self.n_modes <= self.l0 // 2, f"between 1 and l0 // 2 = {self.l0 // 2}"),
+            "dropout": (0 <= self.dropout < 1, "in [0, 1)"),
+            "sample_rate": (self.sample_rate > 0, "positive"),
+            "labels": (len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "2+ distinct names"),
+            "input_std": (self.input_std > 0, "positive"),
+            "l0": (1 <= self.l0 <= self.max_len, f"between 1 and max_len = {self.max_len}"),
+        }
+        for name, (ok, expected) in checks.items():
+            if not ok:
+                raise ValueError(f"MRConvConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+    @property
+    def max_len(self) -> int:
+        return round(self.sample_rate * self.clip_seconds)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def presets(cls) -> list[str]:
+        return list(PRESETS)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "MRConvConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "MRConvConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown MRConvConfig fields: {unknown}")
+        return cls(**values)
+
+
+PRESETS: dict[str, dict] = {
+    # Paper table 5, Speech Commands row: Fourier, depth 6, 128 features, kernel size 32, bidirectional, BN, prenorm.
+    "sc35-paper": {},
+    # Narrow and shallow, BatchNorm branches: trains on 2 CPU cores.
+    "small": dict(d_model=48, depth=4, dropout=0.1),
+}
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over channels of a (batch, channels, time) tensor."""
+
+    def forward(self, x):
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class MRConvBlock(nn.Module):
+    """[norm, MRConv, GELU, dropout, pointwise linear, GLU, dropout] + residual. x: (B, H, T) -> (B, H, T)."""
+
+    def __init__(self, cfg: MRConvConfig):
+        super().__init__()
+        H = cfg.d_model
+        self.prenorm = cfg.prenorm
+        self.norm = nn.BatchNorm1d(H) if cfg.block_norm == "batchnorm" else ChannelLayerNorm(H)
+        self.conv = MRConv(
+            H, cfg.max_len, cfg.l0, cfg.kernel, cfg.n_modes, cfg.bidirectional, cfg.branch_norm, cfg.seed
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.mix = nn.Conv1d(H, 2 * H, 1)  # pointwise linear, then GLU halves the channels
+
+    def forward(self, x: torch.Tensor, rate_ratio: float, mask: torch.Tensor | None) -> torch.Tensor:
+        z = self.norm(x) if self.prenorm else x
+        if mask is not None:  # padding must not leak into the global convolution
+            z = z * mask
+        z = self.dropout(F.gelu(self.conv(z, rate_ratio)))
+        z = self.dropout(F.glu(self.mix(z), dim=1))
+        x = x + z
+        return x if self.prenorm else self.norm(x)
+
+
+class MRConvClassifier(nn.Module):
+    """Raw waveform classifier. x: (batch, time) at `sample_rate` Hz -> logits (batch, classes)."""
+
+    def __init__(self, cfg: MRConvConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = nn.Conv1d(1, cfg.d_model, 1)
+        self.blocks = nn.ModuleList(MRConvBlock(cfg) for _ in range(cfg.depth))
+        self.decoder = nn.Linear(cfg.d_model, cfg.n_classes)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config.labels
+
+    @property
+    def reparameterized(self) -> bool:
+        return self.blocks[0].conv.merged
+
+    def max_samples(self, sample_rate: float | None = None) -> int:
+        """The longest input (the model's window) at `sample_rate`."""
+        ratio = 1 if sample_rate is None else sample_rate / self.config.sample_rate
+        return math.ceil(self.config.max_len * ratio - 1e-9)
+
+    def forward(
+        self, x: torch.Tensor, sample_rate: float | None = None, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        cfg = self.config
+        if x.dim() != 2:
+            raise ValueError(f"expected a waveform batch of shape (batch, time), got {tuple(x.shape)}")
+        if sample_rate is not None and not 4000 <= sample_rate <= 192000:
+            raise ValueError(f"sample_rate must be between 4000 and 192000 Hz, got {sample_rate}")
+        rate_ratio = 1 if sample_rate is None or sample_rate == cfg.sample_rate else sample_rate / cfg.sample_rate
+        if x.shape[1] > self.max_samples(sample_rate):
+            raise ValueError(
+                f"input of {x.shape[1]} samples is longer than the model's {cfg.clip_seconds:g} s window "
+                f"({self.max_samples(sample_rate)} samples at {sample_rate or cfg.sample_rate} Hz)"
+            )
+        x = (x - cfg.input_mean) * (0.2 / cfg.input_std)
+        mask = None
+        if lengths is not None:
+            mask = (torch.arange(x.shape[1], device=x.device) < lengths[:, None].to(x.device)).to(x.dtype)
+            x = x * mask
+            mask = mask[:, None, :]  # (B, 1, T)
+        h = self.encoder(x[:, None, :])  # (B, H, T)
+        for block in self.blocks:
+            h = block(h, rate_ratio, mask)
+        if mask is None:
+            pooled = h.mean(dim=-1)
+        else:
+            pooled = (h * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+        return self.decoder(pooled)  # (B, classes)
+
+    @torch.no_grad()
+    def reparameterize(self) -> "MRConvClassifier":
+        """Merge every MRConv layer's branches into one kernel and bias; puts the model in eval mode for good."""
+        self.eval()
+        for block in self.blocks:
+            block.conv.reparameterize()
+        return self
+
+    def parameter_groups(self, lr: float = 0.005, weight_decay: float = 0.05, kernel_lr: float = 0.001) -> list[dict]:
+        """AdamW groups (paper D.1.1): kernel parameters with their own lr and no weight decay, the rest."""
+        kernel, rest = [], []
+        for name, p in self.named_parameters():
+            (kernel if name.rsplit(".", 1)[-1] in KERNEL_PARAMETER_NAMES else rest).append(p)
+        return [
+            {"params": kernel, "lr": kernel_lr, "weight_decay": 0.0, "name": "kernel"},
+            {"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "rest"},
+        ]
+
+    def save_pretrained(self, directory) -> None:
+        from .checkpoint import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, map_location="cpu") -> "MRConvClassifier":
+        from .checkpoint import load_pretrained
+
+        return load_pretrained(directory, map_location)

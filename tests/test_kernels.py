@@ -1,0 +1,125 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mrconv_audio.kernels import (
+    ContinuousKernelError,
+    DilatedKernel,
+    FourierKernel,
+    FourierSparseKernel,
+    SparseKernel,
+    make_kernel,
+)
+
+
+def fourier_series(modes: np.ndarray, length: int, x: np.ndarray) -> np.ndarray:
+    """Independent evaluation of f(x) = (1/L)[Re c0 + 2 sum_k Re(c_k e^{2 pi i k x / L})]: modes (H, m) -> (H, len(x))."""
+    k = np.arange(modes.shape[-1])
+    terms = modes[:, :, None] * np.exp(2j * np.pi * k[:, None] * x[None, :] / length)  # (H, m, X)
+    terms[:, 0, :] = modes[:, 0, None].real
+    terms[:, 1:, :] *= 2
+    return terms.real.sum(1) / length
+
+
+def test_fourier_kernel_is_irfft_of_zero_padded_modes():
+    kernel = FourierKernel(channels=3, length=64, n_modes=5, directions=2).double()
+    modes = torch.view_as_complex(kernel.modes)
+    padded = torch.zeros(2, 3, 33, dtype=torch.complex128)
+    padded[..., :5] = modes
+    torch.testing.assert_close(kernel(), torch.fft.irfft(padded, n=64), rtol=0, atol=1e-15)
+    # Low rank: longer kernels share the same number of parameters.
+    assert FourierKernel(3, 1024, 5).modes.numel() == FourierKernel(3, 32, 5).modes.numel()
+
+
+def test_fourier_kernel_at_training_rate_samples_the_series():
+    kernel = FourierKernel(channels=2, length=32, n_modes=8).double()
+    modes = torch.view_as_complex(kernel.modes)[0].detach().numpy()
+    np.testing.assert_allclose(kernel()[0].detach().numpy(), fourier_series(modes, 32, np.arange(32.0)), atol=1e-14)
+
+
+@pytest.mark.parametrize("length,n_modes", [(32, 16), (64, 16), (512, 16)])
+def test_halving_the_rate_equals_irfft_of_truncated_modes(length, n_modes):
+    kernel = FourierKernel(channels=4, length=length, n_modes=n_modes, directions=1).double()
+    modes = torch.view_as_complex(kernel.modes)
+    kept = min(n_modes, length // 4)  # modes below the new Nyquist frequency (length/4 cycles per kernel)
+    expected = torch.fft.irfft(modes[..., :kept], n=length // 2)
+    torch.testing.assert_close(kernel(0.5), expected, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 44100, 48000, 96000])
+def test_resampled_kernel_is_the_continuous_function_sampled_at_the_new_rate(rate):
+    r0, length = 16000, 64
+    kernel = FourierKernel(channels=3, length=length, n_modes=16, directions=1).double()
+    ratio = rate / r0
+    got = kernel(ratio)[0].detach().numpy()
+    taps = math.ceil(length * ratio - 1e-9)
+    assert got.shape == (3, taps)
+    assert taps / rate == pytest.approx(length / r0, abs=1 / rate)  # the same duration in seconds
+    modes = torch.view_as_complex(kernel.modes)[0].detach().numpy()
+    kept = np.arange(16) < length * ratio / 2  # drop modes at or above the new Nyquist frequency
+    t_seconds = np.arange(taps) / rate
+    expected = fourier_series(modes * kept, length, t_seconds * r0) * (r0 / rate)
+    np.testing.assert_allclose(got, expected, atol=1e-13)
+
+
+def test_bidirectional_resampled_kernel_places_anticausal_taps_at_their_lag():
+    r0, rate, length = 16000, 48000, 32
+    kernel = FourierKernel(channels=2, length=length, n_modes=8, directions=2).double()
+    got = kernel(rate / r0)[1].detach().numpy()
+    modes = torch.view_as_complex(kernel.modes)[1].detach().numpy()
+    lag_in_training_samples = (np.arange(got.shape[-1]) + 1) * r0 / rate  # anti-causal tap s acts at lag -(s+1)/rate
+    index = lag_in_training_samples - 1  # the anti-causal series' tap 0 acts at lag -1 training sample
+    inside = (index >= 0) & (index < length)
+    expected = fourier_series(modes, length, index) * (r0 / rate) * inside
+    np.testing.assert_allclose(got, expected, atol=1e-13)
+
+
+def test_dilated_kernel_spaces_taps_by_its_dilation():
+    kernel = DilatedKernel(channels=2, length=128, l0=8, dilation=4)
+    k = kernel()
+    assert k.shape == (1, 2, 29)  # (8 - 1) * 4 + 1
+    torch.testing.assert_close(k[..., ::4], kernel.taps)
+    mask = torch.ones(29, dtype=torch.bool)
+    mask[::4] = False
+    assert torch.all(k[..., mask] == 0)
+
+
+def test_dilated_kernel_clips_taps_to_the_branch_length():
+    kernel = DilatedKernel(channels=1, length=100, l0=32, dilation=4)  # 32 taps * 4 would reach 125
+    assert kernel().shape[-1] <= 100
+
+
+def test_sparse_kernel_positions_are_seeded_and_stored():
+    a, b = SparseKernel(2, 1000, 16, seed=3), SparseKernel(2, 1000, 16, seed=3)
+    assert torch.equal(a.positions, b.positions)
+    assert not torch.equal(a.positions, SparseKernel(2, 1000, 16, seed=4).positions)
+    assert "positions" in a.state_dict()
+    k = a()
+    nonzero = (k[0] != 0).any(0).nonzero().flatten()
+    assert set(nonzero.tolist()) <= set(a.positions[0].tolist())
+    torch.testing.assert_close(k[0][:, a.positions[0]], a.taps[0])
+
+
+def test_fourier_sparse_is_linear_rescaling_of_both():
+    kernel = FourierSparseKernel(2, 256, l0=16, n_modes=8, seed=0)
+    f, s = kernel.fourier(), kernel.sparse()
+    expected = kernel.scale[0] * f
+    expected[..., : s.shape[-1]] += kernel.scale[1] * s
+    torch.testing.assert_close(kernel(), expected)
+
+
+@pytest.mark.parametrize("kind", ["dilated", "sparse", "fourier_sparse"])
+def test_non_continuous_kernels_refuse_another_rate(kind):
+    kernel = make_kernel(kind, 2, 64, 1, 32, 16, 1, 0)
+    kernel(1.0)  # the training rate is fine
+    with pytest.raises(ContinuousKernelError, match="not continuous"):
+        kernel(0.5)
+
+
+def test_bad_kernel_arguments_are_named():
+    with pytest.raises(ValueError, match="n_modes"):
+        FourierKernel(2, 32, 17)
+    with pytest.raises(ValueError, match="unknown kernel type 'wavelet'"):
+        make_kernel("wavelet", 2, 64, 0, 32, 16, 1, 0)
