@@ -99,7 +99,7 @@ def load_pretrained(directory, map_location="cpu") -> MRConvClassifier:
             f"{path}: does not match {CONFIG_NAME}: missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected tensors {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
-    for name, tensor in tensors.items():
+    for name, tensor in sorted(tensors.items()):
         if tensor.shape != expected[name].shape or tensor.dtype != expected[name].dtype:
             raise CheckpointError(
                 f"{path}: tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, "

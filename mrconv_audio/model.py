@@ -19,6 +19,8 @@ SC35_LABELS = (
 ).split()
 
 BLOCK_NORMS = ("batchnorm", "layernorm")
+# Rates a model runs at, relative to its training rate: 16 kHz -> 2 kHz .. 192 kHz.
+MIN_RATE_RATIO, MAX_RATE_RATIO = 1 / 8, 12
 
 
 @dataclass
@@ -157,8 +159,11 @@ class MRConvClassifier(nn.Module):
         cfg = self.config
         if x.dim() != 2:
             raise ValueError(f"expected a waveform batch of shape (batch, time), got {tuple(x.shape)}")
-        if sample_rate is not None and not 4000 <= sample_rate <= 192000:
-            raise ValueError(f"sample_rate must be between 4000 and 192000 Hz, got {sample_rate}")
+        if sample_rate is not None and not MIN_RATE_RATIO <= sample_rate / cfg.sample_rate <= MAX_RATE_RATIO:
+            raise ValueError(
+                f"sample_rate {sample_rate} Hz is out of range for a model trained at {cfg.sample_rate} Hz: expected "
+                f"{cfg.sample_rate * MIN_RATE_RATIO:g} to {cfg.sample_rate * MAX_RATE_RATIO:g} Hz"
+            )
         rate_ratio = 1 if sample_rate is None or sample_rate == cfg.sample_rate else sample_rate / cfg.sample_rate
         if x.shape[1] > self.max_samples(sample_rate):
             raise ValueError(
