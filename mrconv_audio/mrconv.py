@@ -70,17 +70,22 @@ class MRConv(nn.Module):
         taps = min(taps_at(self.max_len, rate_ratio, self.directions), length)
         n = fft_size(length, taps)
         u_f = torch.fft.rfft(u, n=n)  # (B, H, n//2+1), shared by every branch
-        if self.norms is None or self.merged:
-            y = fft_conv(u_f, self._merged_spectrum(rate_ratio, length, n), n, length)
-            if self.merged:
-                y = y + self.bias[:, None]
-        else:
-            y = 0
+        if self.norms is not None and not self.merged:
+            y = self.D[:, None] * u
             for i, (kernel, norm) in enumerate(zip(self.kernels, self.norms)):
                 k = kernel(rate_ratio)[..., :length]
                 c = fft_conv(u_f, kernel_spectrum(k, n), n, length)
                 y = y + self.alpha[i, :, None] * norm(c)
-        return y + self.D[:, None] * u
+            return y
+        k_f = self._merged_spectrum(rate_ratio, length, n)
+        if torch.is_grad_enabled() and (u.requires_grad or k_f.requires_grad):
+            return fft_conv(u_f, k_f, n, length) + self.D[:, None] * u
+        # Inference: work in the spectrum's and the output's own buffers; large allocations are slow on CPU.
+        y = torch.fft.irfft(u_f.mul_(k_f), n=n)[..., :length]
+        y.addcmul_(u, self.D[:, None])
+        if self.merged:
+            y.add_(self.bias[:, None])
+        return y
 
     def merged_kernel(self, rate_ratio: float = 1.0, taps: int | None = None) -> torch.Tensor:
         """sum_i gain_i * zero-pad(k_i): (directions, channels, taps). gain = alpha until reparameterized."""
