@@ -64,6 +64,12 @@ class MRConv(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------------------
     def forward(self, u: torch.Tensor, rate_ratio: float = 1.0) -> torch.Tensor:
+        if torch.is_autocast_enabled(u.device.type):  # mixed precision: the FFTs stay in float32
+            with torch.autocast(u.device.type, enabled=False):
+                return self._forward(u.float(), rate_ratio)
+        return self._forward(u, rate_ratio)
+
+    def _forward(self, u: torch.Tensor, rate_ratio: float) -> torch.Tensor:
         batch, channels, length = u.shape
         if self.merged and self.training:
             raise RuntimeError("this MRConv layer was reparameterized for inference; it cannot be trained")

@@ -1,0 +1,149 @@
+"""`mrconv-audio` command line: thin wrappers that parse arguments and call the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .cpu import tune_allocator
+
+
+def cmd_info(args) -> int:
+    from .checkpoint import read_config
+    from .model import MRConvClassifier, MRConvConfig
+
+    if args.model:
+        meta = read_config(args.model)
+        cfg, merged = meta["config"], meta.get("reparameterized", False)
+    else:
+        cfg, merged = MRConvConfig.preset(args.preset), False
+    model = MRConvClassifier(cfg)
+    info = {
+        "config": cfg.to_dict(),
+        "reparameterized": merged,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "branch_lengths": model.blocks[0].conv.lengths,
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .data.download import download
+
+    download(args.root, args.version)
+    return 0
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """--set d_model=64 --set branch_norm=rescale -> {"d_model": 64, "branch_norm": "rescale"} (values as JSON)."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    from .train import TrainConfig, train
+
+    out = Path(args.out)
+    if (out / "state.safetensors").exists() and not args.resume:
+        raise ValueError(f"{out} holds an earlier run; pass --resume to continue it or choose another --out")
+    cfg = TrainConfig(
+        data_root=args.data_root, out=args.out, preset=args.preset, task=args.task, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, kernel_lr=args.kernel_lr, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, seed=args.seed, sample_rate=args.sample_rate, device=args.device,
+        augment=not args.no_augment, speed_perturbation=not args.no_speed, checkpoint_every=args.checkpoint_every,
+        cache_dir=args.cache_dir, model_overrides=parse_overrides(args.set),
+    )
+    train(cfg)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import run_evaluation
+
+    run_evaluation(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mrconv-audio", description="Keyword spotting with MRConv on raw audio.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="describe a model folder or a preset")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--model", help="model folder (config.json + model.safetensors)")
+    group.add_argument("--preset", default="sc35-paper", help="preset name (default: sc35-paper)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    d = data_sub.add_parser("download", help="download and unpack Speech Commands (checksum-verified, resumable)")
+    d.add_argument("--root", required=True, help="folder to unpack into (created; must be empty or absent)")
+    d.add_argument("--version", default="0.02", choices=["0.02", "0.01"])
+    d.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("train", help="train a classifier on a local Speech Commands root")
+    p.add_argument("--preset", default="sc35-paper", help="model preset (see `mrconv-audio info`)")
+    p.add_argument("--task", default="sc35", choices=["sc35", "kws12"])
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--out", required=True, help="run folder (metrics.jsonl, best/, resume state)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--kernel-lr", type=float, default=0.001)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-rate", type=int, default=16000, help="training rate (clips are resampled to it)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-speed", action="store_true", help="no speed perturbation")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                   help="also save the resume state every STEPS steps within an epoch")
+    p.add_argument("--cache-dir", help="preprocessing cache (default ~/.cache/mrconv-audio)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config field, e.g. --set d_model=64 --set branch_norm=rescale")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy at many sample rates, kernel vs input resampling")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-root", help="Speech Commands root (with --split)")
+    source.add_argument("--folder", help="folder of <label>/*.wav at any rates")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--task", help="task of --data-root (default: inferred from the model's labels)")
+    p.add_argument("--rates", type=int, nargs="+", help="sample rates in Hz")
+    p.add_argument("--input-resample", default="decimate", choices=["decimate", "sinc"])
+    p.add_argument("--mode", choices=["kernel", "input"], help="default: both")
+    p.add_argument("--json", dest="json_out", help="write results as JSON here")
+    p.add_argument("--plot", help="write accuracy-vs-rate plot (PNG) here")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--cache-dir")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    tune_allocator()
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+        print(f"mrconv-audio {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Preprocessing cache: each split decoded once into one int16 array file, memory-mapped afterwards.
+
+A split's cache is keyed by a fingerprint of everything that shapes it (the examples, each source file's size and
+modification time, the list files, the rate and clip length), so it is rebuilt when the source changes.
+Clips that cannot be read are skipped, and their paths and reasons are kept in the cache's index.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from .audio import AudioError, fit_length, load_audio, resample
+from .speech_commands import LIST_FILES, Example, SpeechCommands, task_labels
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mrconv-audio"
+
+
+@dataclass
+class CachedSplit:
+    audio: np.ndarray  # (N, length) int16, memory-mapped
+    labels: np.ndarray  # (N,) int64 class indices
+    label_names: list[str]
+    paths: list[str]
+    skipped: list[dict]  # [{"path": ..., "reason": ...}]
+    sample_rate: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def waveforms(self, index) -> torch.Tensor:
+        """float32 waveforms in [-1, 1] for an index array: (len(index), length)."""
+        return torch.from_numpy(self.audio[index].astype(np.float32) / 32768.0)
+
+
+def _fingerprint(dataset: SpeechCommands, examples: list[Example], extra: dict) -> str:
+    h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **extra}, sort_keys=True).encode())
+    for name in LIST_FILES.values():
+        st = (dataset.root / name).stat()
+        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    seen = {}
+    for ex in examples:
+        if ex.path not in seen:
+            try:
+                st = (dataset.root / ex.path).stat()
+                seen[ex.path] = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                seen[ex.path] = "missing"
+        h.update(f"{ex.path}:{ex.label}:{ex.offset}:{ex.frames}:{seen[ex.path]}".encode())
+    return h.hexdigest()[:20]
+
+
+def read_example(root: Path, ex: Example, sample_rate: int, length: int) -> np.ndarray:
+    """One example as float32 at `sample_rate`, exactly `length` samples."""
+    if ex.frames > 0:  # a segment of a longer file
+        try:
+            data, rate = sf.read(str(root / ex.path), start=ex.offset, frames=ex.frames, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            raise AudioError(f"{root / ex.path}: not a readable audio file ({e})") from None
+        x = data.mean(axis=1)
+    else:
+        x, rate = load_audio(root / ex.path)
+    return fit_length(resample(torch.from_numpy(np.ascontiguousarray(x)), rate, sample_rate), length).numpy()
+
+
+def load_split(
+    dataset: SpeechCommands,
+    task: str,
+    split: str,
+    sample_rate: int = 16000,
+    clip_seconds: float = 1.0,
+    cache_dir=None,
+    seed: int = 0,
+    log=print,
+) -> CachedSplit:
+    labels = task_labels(task)
+    examples = dataset.examples(task, split, seed=seed)
+    length = round(sample_rate * clip_seconds)
+    extra = {"root": str(dataset.root.resolve()), "task": task, "split": split, "rate": sample_rate,
+             "length": length, "seed": seed}
+    key = _fingerprint(dataset, examples, extra)
+    folder = Path(cache_dir or default_cache_dir())
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{task}-{split}-{sample_rate}-{key}"
+    index_path, audio_path = stem.with_suffix(".json"), stem.with_suffix(".npy")
+    if not (index_path.is_file() and audio_path.is_file()):
+        log(f"caching {task}/{split} at {sample_rate} Hz: {len(examples)} examples -> {audio_path}")
+        _build(dataset.root, examples, labels, sample_rate, length, index_path, audio_path)
+    index = json.loads(index_path.read_text())
+    audio = np.load(audio_path, mmap_mode="r")
+    return CachedSplit(audio, np.asarray(index["labels"], dtype=np.int64), labels, index["paths"],
+                       index["skipped"], sample_rate)
+
+
+def _build(root, examples, labels, sample_rate, length, index_path: Path, audio_path: Path) -> None:
+    rows, kept, skipped = [], [], []
+    for ex in examples:
+        try:
+            x = read_example(root, ex, sample_rate, length)
+        except AudioError as e:
+            skipped.append({"path": ex.path, "reason": str(e)})
+            continue
+        rows.append(np.round(np.clip(x, -1.0, 32767 / 32768) * 32768).astype(np.int16))
+        kept.append(ex)
+    audio = np.stack(rows) if rows else np.zeros((0, length), np.int16)
+    fd, tmp = tempfile.mkstemp(dir=audio_path.parent, suffix=".npy.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, audio)
+    os.replace(tmp, audio_path)
+    index = {"labels": [labels.index(ex.label) for ex in kept], "paths": [ex.path for ex in kept],
+             "skipped": skipped}
+    fd, tmp = tempfile.mkstemp(dir=index_path.parent, suffix=".json.tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(index, f)
+    os.replace(tmp, index_path)

@@ -1,0 +1,222 @@
+"""Multi-rate evaluation: accuracy of a model on audio brought to each sample rate, two ways.
+
+mode "kernel": the model runs natively at the audio's rate (its Fourier kernels resampled).
+mode "input":  the audio is resampled back to the model's rate first (the usual baseline).
+Audio is brought to each rate from the split's 16 kHz clips by naive decimation (the paper's zero-shot protocol,
+integer factors only) or by sinc resampling (torchaudio); `decimate` falls back to sinc where no integer factor exists.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.audio import AudioError, decimate, load_audio, resample
+from .data.speech_commands import UNKNOWN
+from .model import MRConvClassifier
+
+DEFAULT_RATES = [8000, 11025, 16000, 22050, 32000, 44100, 48000]
+MODES = ("kernel", "input")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto: CUDA, then Apple MPS, then CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict(model: MRConvClassifier, waveforms: torch.Tensor, sample_rate: float | None = None,
+            batch_size: int = 64, device=None) -> torch.Tensor:
+    """Logits for waveforms (N, time) at `sample_rate` (None: the model's rate). Model must be in eval mode."""
+    device = device or next(model.parameters()).device
+    out = [model(waveforms[i : i + batch_size].to(device), sample_rate=sample_rate).float().cpu()
+           for i in range(0, len(waveforms), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, model.config.n_classes)
+
+
+def bring_to_rate(x: torch.Tensor, rate: int, target: int, method: str) -> tuple[torch.Tensor, str]:
+    """Audio (N, time) at `rate` -> `target`, by naive decimation where an integer factor allows, else sinc."""
+    if target == rate:
+        return x, "none"
+    if method == "decimate" and target < rate and rate % target == 0:
+        return decimate(x, rate // target), "decimate"
+    return resample(x, rate, target), "sinc"
+
+
+@dataclass
+class RateResult:
+    rate: int
+    mode: str
+    accuracy: float
+    n: int
+    resample: str
+    per_class: dict = field(default_factory=dict)
+    confusion: list = field(default_factory=list)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor, names: list[str]) -> tuple[float, dict, list]:
+    pred = logits.argmax(-1)
+    confusion = torch.zeros(len(names), len(names), dtype=torch.long)
+    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    per_class = {name: round(float(confusion[i, i] / confusion[i].sum()), 4)
+                 for i, name in enumerate(names) if confusion[i].sum() > 0}
+    accuracy = float((pred == labels).float().mean()) if len(labels) else float("nan")
+    return accuracy, per_class, confusion.tolist()
+
+
+def evaluate_rates(model, waveforms: torch.Tensor, labels: torch.Tensor, source_rate: int, rates, modes=MODES,
+                   input_resample: str = "decimate", batch_size: int = 64, log=print) -> list[RateResult]:
+    """Accuracy for each (rate, mode) of 1-clip-per-row audio recorded at `source_rate`."""
+    model_rate = model.config.sample_rate
+    results = []
+    for rate in rates:
+        at_rate, how = bring_to_rate(waveforms, source_rate, rate, input_resample)
+        for mode in modes:
+            if mode == "kernel":
+                logits = predict(model, at_rate, sample_rate=rate, batch_size=batch_size)
+            else:
+                back = resample(at_rate, rate, model_rate)
+                back = back[:, : model.max_samples()]
+                logits = predict(model, back, batch_size=batch_size)
+            acc, per_class, confusion = score(logits, labels, model.labels)
+            results.append(RateResult(rate, mode, acc, len(labels), how, per_class, confusion))
+            log(f"{rate:>6} Hz  {mode:<6}  accuracy {acc:.4f}  (n={len(labels)}, audio {how})")
+    return results
+
+
+def read_folder(folder, labels: list[str], max_seconds: float = 600) -> tuple[list, list, dict]:
+    """A folder of <label>/*.wav at their own rates -> [(waveform, rate, label index)], skipped counts by reason."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    items, skipped = [], Counter()
+    problems = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        name = sub.name
+        if name in labels:
+            index = labels.index(name)
+        elif UNKNOWN in labels:
+            index = labels.index(UNKNOWN)
+        else:
+            skipped[f"label {name!r} not in the model's classes"] += len(list(sub.glob("*.wav")))
+            continue
+        for wav in sorted(sub.glob("*.wav")):
+            try:
+                x, rate = load_audio(wav, max_seconds=max_seconds)
+            except AudioError as e:
+                skipped["unreadable"] += 1
+                problems.append(str(e))
+                continue
+            items.append((torch.from_numpy(x), rate, index))
+    return items, dict(skipped), problems
+
+
+def results_table(results: list[RateResult]) -> str:
+    lines = [f"{'rate (Hz)':>10}  {'kernel':>8}  {'input':>8}  {'n':>6}"]
+    by_rate = defaultdict(dict)
+    for r in results:
+        by_rate[r.rate][r.mode] = r
+    for rate in sorted(by_rate):
+        row = by_rate[rate]
+        cell = lambda m: f"{row[m].accuracy:8.4f}" if m in row else f"{'-':>8}"
+        n = next(iter(row.values())).n
+        lines.append(f"{rate:>10}  {cell('kernel')}  {cell('input')}  {n:>6}")
+    return "\n".join(lines)
+
+
+def plot_results(results: list[RateResult], path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode, style in [("kernel", "o-"), ("input", "s--")]:
+        pts = sorted((r.rate, r.accuracy) for r in results if r.mode == mode)
+        if pts:
+            ax.plot([p[0] / 1000 for p in pts], [100 * p[1] for p in pts], style, label=f"{mode} resampling")
+    ax.set_xlabel("sample rate (kHz)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_json(path, model_dir: str, results: list[RateResult], extra: dict | None = None) -> None:
+    payload = {
+        "model": str(model_dir),
+        "results": [{k: v for k, v in r.__dict__.items() if k != "confusion"} for r in results],
+        "confusion": {f"{r.rate}/{r.mode}": r.confusion for r in results},
+        **(extra or {}),
+    }
+    Path(path).write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def default_model_dir() -> Path:
+    """The model shipped with the project (models/kws12-mrconv next to the package)."""
+    return Path(__file__).resolve().parent.parent / "models" / "kws12-mrconv"
+
+
+def infer_task(labels: list[str]) -> str:
+    from .data.speech_commands import TASKS
+
+    for name, task_labels in TASKS.items():
+        if list(labels) == task_labels:
+            return name
+    raise ValueError(f"the model's labels match no known task; pass --task (labels: {labels[:5]}...)")
+
+
+def run_evaluation(args, log=print) -> dict:
+    """`mrconv-audio evaluate`: see the module docstring."""
+    from .data.audio import fit_length
+    from .data.cache import load_split
+    from .data.speech_commands import SpeechCommands
+
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    model = MRConvClassifier.from_pretrained(model_dir).reparameterize().to(pick_device(args.device))
+    modes = [args.mode] if args.mode else list(MODES)
+    extra: dict = {"modes": modes, "input_resample": args.input_resample}
+    if args.data_root:
+        task = args.task or infer_task(model.labels)
+        split = load_split(SpeechCommands(args.data_root), task, args.split, sample_rate=16000,
+                           cache_dir=args.cache_dir, log=log)
+        rates = args.rates or DEFAULT_RATES
+        waveforms, labels = split.waveforms(np.arange(len(split))), torch.from_numpy(split.labels)
+        results = evaluate_rates(model, waveforms, labels, 16000, rates, modes, args.input_resample,
+                                 args.batch_size, log)
+        extra.update(data_root=str(args.data_root), split=args.split, task=task, skipped=split.skipped)
+    else:
+        items, skipped, problems = read_folder(args.folder, model.labels)
+        results = []
+        groups: dict[int, list] = defaultdict(list)
+        for x, rate, index in items:
+            groups[rate].append((x, index))
+        for native, group in sorted(groups.items()):
+            targets = args.rates or [native]
+            window = round(model.config.clip_seconds * native)
+            x = torch.stack([fit_length(w, window) for w, _ in group])
+            y = torch.tensor([i for _, i in group])
+            results += evaluate_rates(model, x, y, native, targets, modes, args.input_resample, args.batch_size, log)
+        extra.update(folder=str(args.folder), skipped=skipped, problems=problems[:50])
+        if skipped:
+            log(f"skipped: {skipped}")
+    log(results_table(results))
+    if args.json_out:
+        write_json(args.json_out, str(model_dir), results, extra)
+    if args.plot:
+        plot_results(results, args.plot, title=f"{model_dir.name}")
+    return {"results": results, **extra}

@@ -1,0 +1,216 @@
+"""Training on Speech Commands, readable top to bottom (paper appendix D.1 recipe by default).
+
+    run folder/
+      metrics.jsonl      one line per epoch: loss, accuracy, validation accuracy at the rate and half of it, lr, time
+      state.safetensors  everything to resume (model, optimizer, scheduler, RNGs, epoch, step), one atomic file
+      best/              the best model by validation accuracy (save_pretrained), best-merged/ its merged form
+      skipped.json       clips that could not be read, with the reason
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .data.augment import AugmentConfig, Augmenter
+from .data.cache import load_split
+from .data.speech_commands import SILENCE, SpeechCommands, task_labels
+from .evaluate import pick_device, predict, score
+from .model import MRConvClassifier, MRConvConfig
+
+
+@dataclass
+class TrainConfig:
+    data_root: str
+    out: str
+    preset: str = "sc35-paper"
+    task: str = "sc35"
+    epochs: int = 40
+    batch_size: int = 16
+    lr: float = 0.005
+    kernel_lr: float = 0.001
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    sample_rate: int = 16000  # train at this rate (clips are resampled); the model runs at any rate afterwards
+    device: str = "auto"
+    augment: bool = True
+    speed_perturbation: bool = True
+    checkpoint_every: int = 0  # also save the resume state every N steps inside an epoch (0: at epoch ends only)
+    cache_dir: str | None = None
+    model_overrides: dict = field(default_factory=dict)  # MRConvConfig fields, e.g. {"d_model": 64}
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+# ---- resume state: safetensors for tensors, the rest as JSON in the file's metadata (no pickle) ------------------
+def save_state(path: Path, model, optimizer, scheduler, generators: dict, progress: dict) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    optim = optimizer.state_dict()
+    for index, state in optim["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    for name, gen in generators.items():
+        tensors[f"rng.{name}"] = gen.get_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    meta = {"progress": progress, "param_groups": optim["param_groups"], "scheduler": scheduler.state_dict()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"state": json.dumps(meta)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state(path: Path, model, optimizer, scheduler, generators: dict) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["state"])
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    for name, gen in generators.items():
+        gen.set_state(tensors[f"rng.{name}"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return meta["progress"]
+
+
+def validate(model, split, device, rate: int) -> tuple[float, float]:
+    """Validation accuracy at the training rate and, zero-shot, at half of it (naive decimation)."""
+    model.eval()
+    x, y = split.waveforms(np.arange(len(split))), torch.from_numpy(split.labels)
+    full, _, _ = score(predict(model, x, device=device), y, model.labels)
+    half, _, _ = score(predict(model, x[:, ::2], sample_rate=rate / 2, device=device), y, model.labels)
+    return full, half
+
+
+def train(cfg: TrainConfig, log=print) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    # Data: decoded once into the cache, then memory-mapped.
+    dataset = SpeechCommands(cfg.data_root)
+    for warning in dataset.warnings:
+        log(f"warning: {warning}")
+    load = lambda split: load_split(dataset, cfg.task, split, cfg.sample_rate, cache_dir=cfg.cache_dir, seed=cfg.seed,
+                                    log=log)
+    train_split, val_split = load("train"), load("validation")
+    skipped = train_split.skipped + val_split.skipped
+    (out / "skipped.json").write_text(json.dumps(skipped, indent=1) + "\n")
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable clips (listed in {out / 'skipped.json'}), e.g. {skipped[0]['path']}")
+    if len(train_split) == 0:
+        raise ValueError(f"{cfg.data_root}: no readable training clips for task {cfg.task}")
+    sample = train_split.waveforms(np.arange(min(len(train_split), 4000)))
+    labels = task_labels(cfg.task)
+
+    # Model: the preset, with the task's labels and the training split's input statistics (paper D.4).
+    model_cfg = MRConvConfig.preset(cfg.preset, labels=labels, sample_rate=cfg.sample_rate,
+                                    input_mean=float(sample.mean()), input_std=float(sample.std()),
+                                    **cfg.model_overrides)
+    model = MRConvClassifier(model_cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameter_groups(cfg.lr, cfg.weight_decay, cfg.kernel_lr))
+    steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total, max(1, round(cfg.warmup_epochs * steps_per_epoch))))
+
+    augment_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    noise = None
+    if SILENCE in labels:
+        silence_index = labels.index(SILENCE)
+        noise = train_split.waveforms(np.flatnonzero(train_split.labels == silence_index))
+    augment_cfg = AugmentConfig(speed=(0.9, 1.1) if cfg.speed_perturbation else None)
+    augmenter = Augmenter(augment_cfg, noise, cfg.sample_rate,
+                          labels.index(SILENCE) if SILENCE in labels else None, augment_gen)
+
+    state_path = out / "state.safetensors"
+    progress = {"epoch": 0, "step": 0, "best_accuracy": -1.0}
+    if state_path.exists():
+        progress = load_state(state_path, model, optimizer, scheduler, {"augment": augment_gen})
+        log(f"resuming from {state_path}: epoch {progress['epoch'] + 1}, step {progress['step']}")
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
+    use_amp = device.type == "cuda"
+    log(f"training {cfg.preset} on {cfg.task}: {len(train_split)} clips, {steps_per_epoch} steps/epoch, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}")
+
+    for epoch in range(progress["epoch"], cfg.epochs):
+        order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        model.train()
+        start, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+        bar = tqdm(range(progress["step"], steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   unit="step", leave=False, dynamic_ncols=True, disable=None)
+        for step in bar:
+            index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size].numpy()
+            x, y = train_split.waveforms(index), torch.from_numpy(train_split.labels[index])
+            if cfg.augment:
+                x = augmenter(x, y)
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(-1) == y).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", clips_per_s=f"{seen / (time.time() - start):.1f}")
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
+                save_state(state_path, model, optimizer, scheduler, {"augment": augment_gen},
+                           {**progress, "epoch": epoch, "step": step + 1})
+        bar.close()
+
+        val_acc, val_half = validate(model, val_split, device, cfg.sample_rate)
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                  "val_accuracy": val_acc, f"val_accuracy_{cfg.sample_rate // 2}hz": val_half,
+                  "lr": scheduler.get_last_lr()[1], "kernel_lr": scheduler.get_last_lr()[0],
+                  "seconds": round(time.time() - start, 2), "clips": seen, "skipped_clips": len(skipped)}
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        log(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, train acc {record['train_accuracy']:.4f}, "
+            f"val acc {val_acc:.4f} ({cfg.sample_rate} Hz) {val_half:.4f} ({cfg.sample_rate // 2} Hz), "
+            f"{record['seconds']:.0f} s")
+        progress = {"epoch": epoch + 1, "step": 0, "best_accuracy": max(progress["best_accuracy"], val_acc)}
+        if val_acc >= progress["best_accuracy"]:
+            model.save_pretrained(out / "best")
+            merged = MRConvClassifier.from_pretrained(out / "best").reparameterize()
+            merged.save_pretrained(out / "best-merged")
+        save_state(state_path, model, optimizer, scheduler, {"augment": augment_gen}, progress)
+    return out
