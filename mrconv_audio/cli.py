@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+    except (ValueError, OSError) as e:  # bad input, missing files, network: one clear line, no traceback
         print(f"mrconv-audio {args.command}: error: {e}", file=sys.stderr)
         return 2
 

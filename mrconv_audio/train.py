@@ -195,6 +195,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
                 save_state(state_path, model, optimizer, scheduler, {"augment": augment_gen},
                            {**progress, "epoch": epoch, "step": step + 1})
+                log(f"checkpoint saved: epoch {epoch + 1} step {step + 1}")
         bar.close()
 
         val_acc, val_half = validate(model, val_split, device, cfg.sample_rate)

@@ -24,8 +24,8 @@ RELEASES = {
 CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
-    pass
+class DownloadError(OSError):
+    """The archive could not be fetched, verified or unpacked; the message says which and what to do."""
 
 
 def sha256_of(path: Path) -> str:
@@ -53,9 +53,15 @@ def fetch(url: str, part: Path, log=print, timeout: float = 60) -> None:
         resumed = response.status == 206
         if have and not resumed:
             log(f"{url}: server ignored the Range request, starting over")
+        expected = int(response.headers.get("Content-Length") or -1)
+        received = 0
         with open(part, "ab" if resumed else "wb") as f:
             while block := response.read(CHUNK):
                 f.write(block)
+                received += len(block)
+    if 0 <= received < expected:
+        raise DownloadError(f"{url}: connection closed after {received} of {expected} bytes; "
+                            f"run the command again to resume ({part} is kept)")
 
 
 def safe_extract(archive: Path, destination: Path) -> None:

@@ -1,0 +1,79 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from helpers import randomize_batchnorms
+from mrconv_audio import MRConvClassifier, MRConvConfig
+from mrconv_audio.cli import main
+from mrconv_audio.evaluate import bring_to_rate, score
+from speech_tree import KEYWORDS, make_speech_commands
+
+LABELS = KEYWORDS + ["_silence_", "_unknown_"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    model = MRConvClassifier(MRConvConfig(d_model=8, depth=1, labels=LABELS, sample_rate=16000))
+    randomize_batchnorms(model)
+    model.eval().save_pretrained(path)
+    return path
+
+
+def test_bring_to_rate_decimates_only_integer_factors():
+    x = torch.randn(2, 16000)
+    y, how = bring_to_rate(x, 16000, 8000, "decimate")
+    assert how == "decimate" and torch.equal(y, x[:, ::2])
+    y, how = bring_to_rate(x, 16000, 11025, "decimate")
+    assert how == "sinc" and y.shape == (2, 11025)
+    assert bring_to_rate(x, 16000, 16000, "sinc")[1] == "none"
+
+
+def test_score_counts_per_class_and_confusion():
+    logits = torch.tensor([[2.0, 0, 0], [0, 3, 0], [0, 3, 0], [0, 0, 1]])
+    acc, per_class, confusion = score(logits, torch.tensor([0, 1, 2, 2]), ["a", "b", "c"])
+    assert acc == 0.75 and per_class == {"a": 1.0, "b": 1.0, "c": 0.5}
+    assert confusion[2] == [0, 1, 1]
+
+
+def test_evaluate_cli_writes_json_table_and_plot(model_dir, tmp_path, capsys):
+    tree = make_speech_commands(tmp_path / "sc", speakers=4)
+    out, plot = tmp_path / "eval.json", tmp_path / "eval.png"
+    rc = main(["evaluate", "--model", str(model_dir), "--data-root", str(tree), "--split", "test",
+               "--rates", "8000", "16000", "44100", "--json", str(out), "--plot", str(plot),
+               "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["task"] == "kws12" and result["split"] == "test"
+    rows = {(r["rate"], r["mode"]): r for r in result["results"]}
+    assert set(rows) == {(r, m) for r in (8000, 16000, 44100) for m in ("kernel", "input")}
+    assert all(r["n"] == rows[(16000, "kernel")]["n"] > 10 for r in rows.values())
+    assert rows[(8000, "kernel")]["resample"] == "decimate" and rows[(44100, "input")]["resample"] == "sinc"
+    # At the model's own rate both modes are the same computation.
+    assert rows[(16000, "kernel")]["accuracy"] == rows[(16000, "input")]["accuracy"]
+    assert len(result["confusion"]["16000/kernel"]) == 12
+    assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
+    assert "rate (Hz)" in capsys.readouterr().out
+
+
+def test_evaluate_folder_at_native_rates_maps_unknown_words(model_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    for label, rate in [("yes", 16000), ("no", 48000), ("banana", 22050)]:
+        (tmp_path / "f" / label).mkdir(parents=True)
+        sf.write(tmp_path / "f" / label / "a.wav", 0.1 * rng.standard_normal(rate).astype(np.float32), rate)
+    (tmp_path / "f" / "yes" / "bad.wav").write_text("not audio")
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(model_dir), "--folder", str(tmp_path / "f"), "--mode", "kernel",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert sorted(r["rate"] for r in result["results"]) == [16000, 22050, 48000]
+    assert result["skipped"] == {"unreadable": 1}
+    assert "bad.wav" in result["problems"][0]
+
+
+def test_evaluate_reports_a_missing_model_cleanly(tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path / "none"), "--folder", str(tmp_path)]) == 2
+    assert "no such model folder" in capsys.readouterr().err

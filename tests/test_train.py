@@ -1,0 +1,91 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mrconv_audio import MRConvClassifier
+from mrconv_audio.train import TrainConfig, train
+from speech_tree import make_speech_commands
+
+TINY = {"d_model": 8, "depth": 1, "dropout": 0.1}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return make_speech_commands(tmp_path_factory.mktemp("data") / "sc", speakers=8)
+
+
+def tiny_config(tree, out, cache, **overrides):
+    values = dict(data_root=str(tree), out=str(out), preset="small", task="kws12", epochs=3, batch_size=4,
+                  lr=0.02, warmup_epochs=0.2, sample_rate=4000, cache_dir=str(cache), model_overrides=TINY)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_training_lowers_the_loss_and_saves_the_best_model(tree, tmp_path):
+    out = train(tiny_config(tree, tmp_path / "run", tmp_path / "cache", epochs=4, augment=False), log=lambda *a: None)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert metrics[-1]["train_loss"] < 0.9 * metrics[0]["train_loss"]
+    assert metrics[-1]["lr"] < metrics[0]["lr"]  # cosine decay
+    assert {"val_accuracy", "val_accuracy_2000hz", "lr", "seconds"} <= set(metrics[0])
+    best = MRConvClassifier.from_pretrained(out / "best")
+    merged = MRConvClassifier.from_pretrained(out / "best-merged")
+    assert merged.reparameterized and best.config.sample_rate == 4000
+    assert best.labels[-2:] == ["_silence_", "_unknown_"]
+    assert best.config.input_std != 0.2  # normalization statistics come from the training split
+    x = torch.randn(3, 4000) * 0.1
+    torch.testing.assert_close(best(x), merged(x), rtol=1e-4, atol=1e-4)
+
+
+def test_unreadable_clips_are_skipped_and_listed(tmp_path):
+    tree = make_speech_commands(tmp_path / "sc", speakers=4)
+    (tree / "yes" / "broken_nohash_0.wav").write_text("not audio")
+    out = train(tiny_config(tree, tmp_path / "run", tmp_path / "cache", epochs=1), log=lambda *a: None)
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert [s["path"] for s in skipped] == ["yes/broken_nohash_0.wav"]
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["skipped_clips"] == 1
+
+
+def cli_train(tree, out, cache, *extra):
+    return [sys.executable, "-m", "mrconv_audio.cli", "train", "--preset", "small", "--task", "kws12",
+            "--data-root", str(tree), "--out", str(out), "--epochs", "3", "--batch-size", "4", "--lr", "0.02",
+            "--sample-rate", "4000", "--cache-dir", str(cache), "--seed", "7",
+            "--set", "d_model=8", "--set", "depth=1", *extra]
+
+
+def test_killed_run_resumes_to_the_same_weights(tree, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cache = tmp_path / "cache"
+    reference = subprocess.run(cli_train(tree, tmp_path / "ref", cache), env=env, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+
+    # Same run, killed with SIGKILL in the middle of its second epoch.
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cli_train(tree, run, cache, "--checkpoint-every", "3"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "checkpoint saved: epoch 2" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1  # it died inside epoch 2
+
+    refused = subprocess.run(cli_train(tree, run, cache), env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    resumed = subprocess.run(cli_train(tree, run, cache, "--resume"), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout and "epoch 2, step" in resumed.stdout
+
+    final, expected = load_file(run / "state.safetensors"), load_file(tmp_path / "ref" / "state.safetensors")
+    model_keys = [k for k in expected if k.startswith("model.")]
+    assert model_keys
+    for key in model_keys:
+        assert torch.equal(final[key], expected[key]), key
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
