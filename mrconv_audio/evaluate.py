@@ -18,21 +18,11 @@ import torch
 
 from .data.audio import AudioError, decimate, load_audio, resample
 from .data.speech_commands import UNKNOWN
+from .device import pick_device
 from .model import MRConvClassifier
 
 DEFAULT_RATES = [8000, 11025, 16000, 22050, 32000, 44100, 48000]
 MODES = ("kernel", "input")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """auto: CUDA, then Apple MPS, then CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @torch.no_grad()

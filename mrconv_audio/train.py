@@ -26,7 +26,8 @@ from tqdm import tqdm
 from .data.augment import AugmentConfig, Augmenter
 from .data.cache import load_split
 from .data.speech_commands import SILENCE, SpeechCommands, task_labels
-from .evaluate import pick_device, predict, score
+from .device import pick_device
+from .evaluate import predict, score
 from .model import MRConvClassifier, MRConvConfig
 
 
