@@ -75,6 +75,42 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def load_model(path):
+    """The model in `path`, or the shipped one; merged for inference."""
+    from .evaluate import default_model_dir
+    from .model import MRConvClassifier
+
+    return MRConvClassifier.from_pretrained(path or default_model_dir()).reparameterize()
+
+
+# The app (app/) is reached only from here, lazily: the library itself never imports it.
+def cmd_listen(args) -> int:
+    from app.listen import list_devices, run_listen
+
+    if args.list_devices:
+        print(list_devices())
+        return 0
+    device = int(args.device) if args.device and args.device.isdigit() else args.device
+    run_listen(load_model(args.model), device=device, samplerate=args.samplerate, threshold=args.threshold,
+               hop=args.hop, record=args.record, compute_device=args.compute_device, duration=args.duration)
+    return 0
+
+
+def cmd_detect(args) -> int:
+    from app.listen import detect_file
+
+    result = detect_file(load_model(args.model), args.file, hop=args.hop, threshold=args.threshold, mode=args.mode,
+                         compute_device=args.compute_device)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{result['file']}: {result['duration']} s at {result['sample_rate']} Hz, "
+              f"{len(result['detections'])} detections")
+        for d in result["detections"]:
+            print(f"  {d['time']:8.2f} s  {d['label']:<12} {d['score']:.2f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrconv-audio", description="Keyword spotting with MRConv on raw audio.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("listen", help="live keyword spotting from a microphone")
+    p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    p.add_argument("--device", help="input device index or name (default: the system's default input)")
+    p.add_argument("--samplerate", type=int, help="capture rate in Hz (default: the device's native rate)")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--threshold", type=float, default=0.6)
+    p.add_argument("--hop", type=float, default=0.1, help="seconds between classifications")
+    p.add_argument("--record", metavar="OUT.wav", help="also save what was heard")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--compute-device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
+    p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("detect", help="keyword detections with timestamps in a recording")
+    p.add_argument("file")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--threshold", type=float, default=0.6)
+    p.add_argument("--hop", type=float, default=0.1)
+    p.add_argument("--mode", default="kernel", choices=["kernel", "input"])
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--compute-device", default="auto")
+    p.set_defaults(func=cmd_detect)
     return parser
 
 
