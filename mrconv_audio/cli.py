@@ -111,6 +111,16 @@ def cmd_detect(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from app.demo import launch
+
+    from .evaluate import default_model_dir
+
+    launch(load_model(args.model), args.model or default_model_dir(), host=args.host, port=args.port,
+           share=args.share, compute_device=args.compute_device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mrconv-audio", description="Keyword spotting with MRConv on raw audio.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--compute-device", default="auto")
     p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("demo", help="Gradio web demo (live microphone, clips, model view, predict API)")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--share", action="store_true", help="ask Gradio for a public share link (off by default)")
+    p.add_argument("--compute-device", default="auto")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
