@@ -85,9 +85,7 @@ class KeywordSpotter:
             raise ValueError(f"thresholds for classes the model does not have: {sorted(unknown)}")
         self.sample_rate = int(sample_rate)
         self.model_rate = model.config.sample_rate
-        self.window = model.max_samples(self.sample_rate if self.cfg.mode == "kernel" else self.model_rate)
-        if self.cfg.mode == "input":
-            self.window = round(model.config.clip_seconds * self.sample_rate)
+        self.window = model.max_samples(self.sample_rate)  # the model's window, in samples at the input's rate
         self.hop = max(1, round(self.cfg.hop_seconds * self.sample_rate))
         self.buffer = np.zeros(self.window, dtype=np.float32)  # the last `window` samples, oldest first
         self.pending = np.zeros(0, dtype=np.float32)  # samples received since the last hop

@@ -136,7 +136,9 @@ def train(cfg: TrainConfig, log=print) -> Path:
         log(f"skipped {len(skipped)} unreadable clips (listed in {out / 'skipped.json'}), e.g. {skipped[0]['path']}")
     if len(train_split) == 0:
         raise ValueError(f"{cfg.data_root}: no readable training clips for task {cfg.task}")
-    sample = train_split.waveforms(np.arange(min(len(train_split), 4000)))
+    # Normalization statistics from (up to 4,000 randomly chosen) training clips.
+    picked = np.random.default_rng(cfg.seed).permutation(len(train_split))[:4000]
+    sample = train_split.waveforms(np.sort(picked))
     labels = task_labels(cfg.task)
 
     # Model: the preset, with the task's labels and the training split's input statistics (paper D.4).
