@@ -44,7 +44,9 @@ class ClipAnalyzer:
         self.model = model.to(self.device).eval()
         self.labels = list(model.labels)
         self.top_k = min(top_k, len(self.labels))
-        self.rate_range = (model.config.sample_rate * MIN_RATE_RATIO, model.config.sample_rate * MAX_RATE_RATIO)
+        # The rates the demo accepts: what the model can run at, within the 4-96 kHz that real audio comes at.
+        self.rate_range = (max(4000, model.config.sample_rate * MIN_RATE_RATIO),
+                           min(96000, model.config.sample_rate * MAX_RATE_RATIO))
 
     def read(self, path) -> tuple[np.ndarray, int]:
         if path is None:
@@ -161,8 +163,10 @@ def build_demo(model, model_dir: str, compute_device: str = "auto"):
     import gradio as gr
 
     analyzer = ClipAnalyzer(model, compute_device)
-    warm = np.random.default_rng(0).standard_normal(model.max_samples()).astype(np.float32) * 0.1
-    analyzer.probabilities(warm, model.config.sample_rate)  # builds the kernel cache
+    rng = np.random.default_rng(0)
+    for rate in sorted({model.config.sample_rate, 16000, 44100, 48000}):  # build the kernel caches of common rates
+        analyzer.probabilities(rng.standard_normal(model.max_samples(rate)).astype(np.float32) * 0.1, rate)
+    warm = rng.standard_normal(model.max_samples()).astype(np.float32) * 0.1
     _, clip_latency = analyzer.probabilities(warm, model.config.sample_rate)
 
     def on_clip(path):
@@ -235,7 +239,7 @@ def build_demo(model, model_dir: str, compute_device: str = "auto"):
                                   api_visibility="private")
         with gr.Tab("Model"):
             gr.Markdown(
-                f"- folder: `{model_dir}`\n- classes: {', '.join(cfg.labels)}\n- trained at {cfg.sample_rate} Hz, "
+                f"- folder: `{model_dir}`\n- classes: {', '.join(f'`{c}`' for c in cfg.labels)}\n- trained at {cfg.sample_rate} Hz, "
                 f"window {cfg.clip_seconds:g} s\n- {cfg.kernel} kernels, width {cfg.d_model}, depth {cfg.depth}, "
                 f"l0 {cfg.l0}, {'bidirectional' if cfg.bidirectional else 'causal'}, merged for inference\n"
                 f"- device: {analyzer.device}; one 1 s clip: {clip_latency:.1f} ms")
