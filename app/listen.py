@@ -105,6 +105,7 @@ def run_listen(model, device=None, samplerate=None, threshold=0.6, hop=0.1, reco
     try:
         with sd.InputStream(device=device, channels=1, samplerate=rate, dtype="float32", blocksize=blocksize,
                             callback=callback):
+            print(json.dumps({"listening": info["name"], "sample_rate": rate}), file=sys.stderr, flush=True)
             start = time.monotonic()
             while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
                 if interactive:

@@ -44,7 +44,7 @@ def open_page(playwright, tmp_path, url, extra_args=(), permissions=()):
         permissions=list(permissions))
     page = context.new_page()
     page.goto(url, wait_until="load")
-    page.wait_for_selector("text=MRConv keyword spotting", timeout=30000)
+    page.wait_for_selector("text=MRConv keyword spotting", timeout=90000)
     return context, page
 
 
@@ -59,7 +59,7 @@ def test_upload_a_wav_and_read_the_label(playwright, url, tmp_path):
         page.get_by_role("tab", name="Clip").click()
         page.locator("#clip-audio input[type=file]").set_input_files(str(wav))
         page.locator("#classify").click()
-        page.wait_for_selector("#clip-info:has-text('16000 Hz')", timeout=30000)
+        page.wait_for_selector("#clip-info:has-text('16000 Hz')", timeout=90000)
         assert expected in page.locator("#clip-label").inner_text()
         page.screenshot(path=str(tmp_path / "clip.png"), full_page=True)
     finally:
@@ -75,7 +75,7 @@ def test_a_bad_file_shows_the_error_in_the_page(playwright, url, tmp_path):
         page.locator("#clip-audio input[type=file]").set_input_files(str(bad))
         page.wait_for_timeout(1000)
         page.locator("#classify").click()
-        page.wait_for_selector("text=Cannot use this file", timeout=30000)
+        page.wait_for_selector("text=Cannot use this file", timeout=90000)
     finally:
         context.close()
 
@@ -93,7 +93,7 @@ def test_browser_microphone_stream_updates_the_live_label(playwright, url, tmp_p
         page.locator("#live-mic").get_by_role("button", name="Record").click()
         label = page.locator("#live-label")
         page.wait_for_function("() => document.querySelector('#live-label').innerText.match(/\\d\\.\\d|%/)",
-                               timeout=30000)
+                               timeout=90000)
         seen = {label.inner_text()}
         for _ in range(20):
             page.wait_for_timeout(500)

@@ -65,7 +65,10 @@ def test_listen_cli_records_what_it_heard_and_stops_on_ctrl_c(mic, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mrconv_audio.cli", "listen", "--model", str(tmp_path / "model"),
                              "--device", "default", "--samplerate", "16000", "--record", str(tmp_path / "heard.wav")],
                             env=mic.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4.0)  # model load and the first callback
+    for line in proc.stderr:  # wait until the stream is open (model loaded, device started)
+        if '"listening"' in line:
+            break
+    time.sleep(1.0)  # the first callback arrives 0.25-1.9 s after the stream starts
     assert mic.play(tmp_path / "in.wav").wait(timeout=30) == 0
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
