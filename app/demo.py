@@ -193,7 +193,7 @@ def build_demo(model, model_dir: str, compute_device: str = "auto"):
         try:
             if state is None or state["rate"] != rate:
                 state = {"rate": rate, "detections": [],
-                         "spotter": KeywordSpotter(analyzer.model, rate, StreamConfig(hop_seconds=0.1),
+                         "spotter": KeywordSpotter(analyzer.model, rate, StreamConfig(hop_seconds=0.25),
                                                    device=str(analyzer.device))}
             results = state["spotter"].push(data)
         except ValueError as e:

@@ -77,15 +77,16 @@ class TerminalView:
             return "\n".join(lines)
 
 
-def run_listen(model, device=None, samplerate=None, threshold=0.6, hop=0.1, record=None, compute_device="auto",
-               duration=None, blocksize=0, out=sys.stdout) -> dict:
+def run_listen(model, device=None, samplerate=None, threshold=0.6, hop=0.25, record=None, compute_device="auto",
+               duration=None, blocksize=0, out=sys.stdout, mode="kernel") -> dict:
     """Listen until Ctrl-C (or `duration` seconds). Returns the stream's statistics."""
     import sounddevice as sd
     import soundfile as sf
 
     info = sd.query_devices(device, "input")
     rate = int(samplerate or info["default_samplerate"])
-    spotter = KeywordSpotter(model, rate, StreamConfig(hop_seconds=hop, threshold=threshold), device=compute_device)
+    spotter = KeywordSpotter(model, rate, StreamConfig(hop_seconds=hop, threshold=threshold, mode=mode),
+                             device=compute_device)
     recorder = sf.SoundFile(record, "w", samplerate=rate, channels=1, subtype="PCM_16") if record else None
     on_audio = (lambda block: recorder.write(KeywordSpotter.mono(block))) if recorder else None
     interactive = out.isatty()

@@ -92,7 +92,8 @@ def cmd_listen(args) -> int:
         return 0
     device = int(args.device) if args.device and args.device.isdigit() else args.device
     run_listen(load_model(args.model), device=device, samplerate=args.samplerate, threshold=args.threshold,
-               hop=args.hop, record=args.record, compute_device=args.compute_device, duration=args.duration)
+               hop=args.hop, record=args.record, compute_device=args.compute_device, duration=args.duration,
+               mode=args.mode)
     return 0
 
 
@@ -185,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samplerate", type=int, help="capture rate in Hz (default: the device's native rate)")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--threshold", type=float, default=0.6)
-    p.add_argument("--hop", type=float, default=0.1, help="seconds between classifications")
+    p.add_argument("--hop", type=float, default=0.25, help="seconds between classifications")
+    p.add_argument("--mode", default="kernel", choices=["kernel", "input"],
+                   help="kernel: run the model at the device's rate; input: resample the audio to the model's rate")
     p.add_argument("--record", metavar="OUT.wav", help="also save what was heard")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--compute-device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")

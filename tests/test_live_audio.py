@@ -63,7 +63,8 @@ def test_listen_cli_records_what_it_heard_and_stops_on_ctrl_c(mic, tmp_path):
     played = tone_stream([(0.2, "low", 0.4), (1.0, "high", 0.4)], seconds=2)
     sf.write(tmp_path / "in.wav", played, 16000)
     proc = subprocess.Popen([sys.executable, "-m", "mrconv_audio.cli", "listen", "--model", str(tmp_path / "model"),
-                             "--device", "default", "--samplerate", "16000", "--record", str(tmp_path / "heard.wav")],
+                             "--device", "default", "--samplerate", "16000", "--hop", "0.1",
+                             "--record", str(tmp_path / "heard.wav")],
                             env=mic.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # wait until the stream is open (model loaded, device started)
         if '"listening"' in line:

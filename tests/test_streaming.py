@@ -33,8 +33,8 @@ def test_one_detection_per_word_at_the_right_time():
 
 def test_results_do_not_depend_on_block_size():
     stream = tone_stream([(1.2, "high", 0.2)], seconds=3)
-    a = run(KeywordSpotter(ToneModel(), 16000), stream, block=37)
-    b = run(KeywordSpotter(ToneModel(), 16000), stream, block=4000)
+    a = run(KeywordSpotter(ToneModel(), 16000, StreamConfig(hop_seconds=0.1)), stream, block=37)
+    b = run(KeywordSpotter(ToneModel(), 16000, StreamConfig(hop_seconds=0.1)), stream, block=4000)
     assert len(a) == len(b) == 30
     for x, y in zip(a, b):
         assert x.end_time == y.end_time and np.allclose(x.probabilities, y.probabilities)
@@ -119,7 +119,7 @@ def test_worker_survives_a_failing_hop():
             return super().forward(x, sample_rate)
 
     seen = []
-    worker = StreamWorker(KeywordSpotter(Broken(), 16000), on_result=seen.append).start()
+    worker = StreamWorker(KeywordSpotter(Broken(), 16000, StreamConfig(hop_seconds=0.1)), on_result=seen.append).start()
     for _ in range(5):
         worker.push(np.zeros(1600, np.float32))
     worker.stop()

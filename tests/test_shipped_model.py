@@ -1,0 +1,41 @@
+"""The model shipped in models/kws12-mrconv: present, small, loadable, and as accurate as its card says."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mrconv_audio import MRConvClassifier
+from mrconv_audio.data import SpeechCommands
+from mrconv_audio.data.cache import load_split
+from mrconv_audio.data.speech_commands import TASKS
+from mrconv_audio.evaluate import default_model_dir, predict, score
+
+MODEL = default_model_dir()
+SUBSET = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech_commands_subset"
+
+
+def test_shipped_model_is_complete_and_small():
+    assert MODEL == Path(__file__).resolve().parents[1] / "models" / "kws12-mrconv"
+    files = {p.name for p in MODEL.iterdir()}
+    assert {"config.json", "model.safetensors", "MODEL_CARD.md", "evaluation.json"} <= files
+    assert sum(p.stat().st_size for p in MODEL.iterdir()) < 10_000_000
+    model = MRConvClassifier.from_pretrained(MODEL)
+    assert model.labels == TASKS["kws12"]
+    assert model.config.kernel == "fourier" and model.config.bidirectional
+    for rate in (8000, 16000, 44100, 48000):  # runs at every rate the demo offers
+        assert model(torch.zeros(1, model.max_samples(rate)), sample_rate=rate).shape == (1, 12)
+
+
+def test_shipped_model_accuracy_matches_its_evaluation(tmp_path):
+    if not SUBSET.is_dir():
+        pytest.skip(f"{SUBSET} not present")
+    reported = {(r["rate"], r["mode"]): r for r in json.loads((MODEL / "evaluation.json").read_text())["results"]}
+    split = load_split(SpeechCommands(SUBSET), "kws12", "test", cache_dir=tmp_path, log=lambda *a: None)
+    model = MRConvClassifier.from_pretrained(MODEL).reparameterize()
+    x, y = split.waveforms(np.arange(len(split))), torch.from_numpy(split.labels)
+    accuracy, _, _ = score(predict(model, x, sample_rate=16000, batch_size=32), y, model.labels)
+    expected = reported[(16000, "kernel")]
+    assert len(split) == expected["n"]
+    assert accuracy == pytest.approx(expected["accuracy"], abs=0.003)
