@@ -20,7 +20,7 @@ import torch
 
 from mrconv_audio.data.audio import AudioError, fit_length, load_audio
 from mrconv_audio.model import MAX_RATE_RATIO, MIN_RATE_RATIO
-from mrconv_audio.streaming import KeywordSpotter, StreamConfig
+from mrconv_audio.streaming import KeywordSpotter, StreamConfig, rms_dbfs
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 MAX_CLIP_SECONDS = 60.0
@@ -94,10 +94,6 @@ class ClipAnalyzer:
         top = dict(sorted(probs.items(), key=lambda kv: -kv[1])[: self.top_k])
         return {"label": max(probs, key=probs.get), "confidences": top, "sample_rate": rate,
                 "duration": len(x) / rate, "latency_ms": latency, "timeline": timeline, "audio": x}
-
-
-def rms_dbfs(x: np.ndarray) -> float:
-    return 20 * math.log10(max(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))), 1e-10))
 
 
 def loudest_window_start(x: np.ndarray, window: int) -> int:

@@ -76,7 +76,7 @@ class MRConv(nn.Module):
         taps = min(taps_at(self.max_len, rate_ratio, self.directions), length)
         n = fft_size(length, taps)
         u_f = torch.fft.rfft(u, n=n)  # (B, H, n//2+1), shared by every branch
-        if self.norms is not None and not self.merged:
+        if self.norms is not None:  # branch form (reparameterize() removes the norms)
             y = self.D[:, None] * u
             for i, (kernel, norm) in enumerate(zip(self.kernels, self.norms)):
                 k = kernel(rate_ratio)[..., :length]
@@ -85,7 +85,8 @@ class MRConv(nn.Module):
             return y
         k_f = self._merged_spectrum(rate_ratio, length, n)
         if torch.is_grad_enabled() and (u.requires_grad or k_f.requires_grad):
-            return fft_conv(u_f, k_f, n, length) + self.D[:, None] * u
+            y = fft_conv(u_f, k_f, n, length) + self.D[:, None] * u
+            return y + self.bias[:, None] if self.merged else y
         # Inference: work in the spectrum's and the output's own buffers; large allocations are slow on CPU.
         y = torch.fft.irfft(u_f.mul_(k_f), n=n)[..., :length]
         y.addcmul_(u, self.D[:, None])

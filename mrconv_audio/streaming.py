@@ -26,6 +26,11 @@ from .device import pick_device
 NON_KEYWORDS = ("_silence_", "_unknown_")
 
 
+def rms_dbfs(x: np.ndarray) -> float:
+    """RMS level in dB relative to full scale (1.0); -200 for digital silence."""
+    return 20 * math.log10(max(float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))), 1e-10))
+
+
 @dataclass
 class StreamConfig:
     hop_seconds: float = 0.25  # benchmarks/streaming.py: 0.1 s hops exceed the CPU budget for 16 kHz+ kernel mode
@@ -136,11 +141,9 @@ class KeywordSpotter:
         probs = np.mean(self.recent, axis=0)
         latency_ms = (time.perf_counter() - start) * 1e3
         end_time = self.samples_seen / self.sample_rate
-        rms = float(np.sqrt(np.mean(self.buffer.astype(np.float64) ** 2)))
-        rms_dbfs = 20 * math.log10(max(rms, 1e-10))
-        gated = rms_dbfs < self.cfg.energy_gate_dbfs
-        result = HopResult(end_time, probs, latency_ms, rms_dbfs, gated)
-        if not gated:
+        level = rms_dbfs(self.buffer)
+        result = HopResult(end_time, probs, latency_ms, level, gated=level < self.cfg.energy_gate_dbfs)
+        if not result.gated:
             candidates = np.flatnonzero(self.fire_mask & (probs >= self.thresholds))
             if len(candidates):
                 best = int(candidates[np.argmax(probs[candidates])])

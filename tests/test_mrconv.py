@@ -42,6 +42,16 @@ def test_reparameterized_layer_equals_branches(kind, bidirectional, dtype, rtol)
     assert err < rtol, f"relative error {err:.2e}"
 
 
+def test_merged_layer_keeps_its_bias_when_autograd_is_on():
+    layer = trained_layer("fourier", True, torch.float64)
+    u = torch.randn(2, 6, 700, dtype=torch.float64)
+    expected = layer(u).detach()
+    layer.reparameterize()
+    assert layer.bias.abs().max() > 0.1  # BatchNorm means and betas fold into a real bias
+    traced = layer(u.clone().requires_grad_())  # the out-of-place path, as when gradients flow to the input
+    torch.testing.assert_close(traced.detach(), expected, rtol=1e-10, atol=1e-10)
+
+
 def test_branch_form_matches_a_direct_computation_of_eq_12():
     layer = trained_layer("fourier", True, torch.float64, max_len=200)
     u = torch.randn(2, 6, 150, dtype=torch.float64)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from ..atomic import atomic_write
 from .audio import AudioError, fit_length, load_audio, resample
 from .speech_commands import LIST_FILES, Example, SpeechCommands, task_labels
 
@@ -115,13 +115,11 @@ def _build(root, examples, labels, sample_rate, length, index_path: Path, audio_
         rows.append(np.round(np.clip(x, -1.0, 32767 / 32768) * 32768).astype(np.int16))
         kept.append(ex)
     audio = np.stack(rows) if rows else np.zeros((0, length), np.int16)
-    fd, tmp = tempfile.mkstemp(dir=audio_path.parent, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, audio)
-    os.replace(tmp, audio_path)
+    def save_audio(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a bare temporary name
+            np.save(f, audio)
+
+    atomic_write(audio_path, save_audio)
     index = {"labels": [labels.index(ex.label) for ex in kept], "paths": [ex.path for ex in kept],
              "skipped": skipped}
-    fd, tmp = tempfile.mkstemp(dir=index_path.parent, suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(index, f)
-    os.replace(tmp, index_path)
+    atomic_write(index_path, lambda tmp: Path(tmp).write_text(json.dumps(index)))
