@@ -62,7 +62,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size, lr=args.lr, kernel_lr=args.kernel_lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, seed=args.seed, sample_rate=args.sample_rate, device=args.device,
         augment=not args.no_augment, speed_perturbation=not args.no_speed, checkpoint_every=args.checkpoint_every,
-        cache_dir=args.cache_dir, model_overrides=parse_overrides(args.set),
+        cache_dir=args.cache_dir, model_overrides=parse_overrides(args.set), init_from=args.init_from,
     )
     train(cfg)
     return 0
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config field, e.g. --set d_model=64 --set branch_norm=rescale")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init-from", metavar="MODEL_DIR",
+                   help="fine-tune: start from this saved model (branch form, same task and rate); --preset is ignored")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy at many sample rates, kernel vs input resampling")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from .atomic import atomic_write
 from .data.augment import AugmentConfig, Augmenter
 from .data.cache import load_split
 from .data.speech_commands import SILENCE, SpeechCommands, task_labels
@@ -51,6 +50,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also save the resume state every N steps inside an epoch (0: at epoch ends only)
     cache_dir: str | None = None
     model_overrides: dict = field(default_factory=dict)  # MRConvConfig fields, e.g. {"d_model": 64}
+    init_from: str | None = None  # start from this saved model's weights (fine-tuning) instead of the preset's init
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
@@ -76,14 +76,7 @@ def save_state(path: Path, model, optimizer, scheduler, generators: dict, progre
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {"progress": progress, "param_groups": optim["param_groups"], "scheduler": scheduler.state_dict()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"state": json.dumps(meta)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"state": json.dumps(meta)}))
 
 
 def load_state(path: Path, model, optimizer, scheduler, generators: dict) -> dict:
@@ -106,6 +99,25 @@ def load_state(path: Path, model, optimizer, scheduler, generators: dict) -> dic
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     return meta["progress"]
+
+
+def warm_start(path, labels: list[str], sample_rate: int, overrides: dict) -> MRConvClassifier:
+    """A trainable copy of the saved model in `path` (its architecture and input statistics, new `overrides`)."""
+    saved = MRConvClassifier.from_pretrained(path)
+    if saved.reparameterized:
+        raise ValueError(f"{path}: a merged (reparameterized) model cannot be trained; start from its branch form")
+    if list(saved.config.labels) != list(labels):
+        raise ValueError(f"{path}: labels {saved.config.labels} do not match the task's {labels}")
+    if saved.config.sample_rate != sample_rate:
+        # The sub-kernel lengths are counted in samples at the model's own rate, so the rate is part of the architecture.
+        raise ValueError(f"{path}: the model was trained at {saved.config.sample_rate} Hz, expected --sample-rate "
+                         f"{saved.config.sample_rate} (got {sample_rate})")
+    model = MRConvClassifier(dataclasses.replace(saved.config, **overrides))
+    try:
+        model.load_state_dict(saved.state_dict())
+    except RuntimeError as error:
+        raise ValueError(f"{path}: its weights do not fit the model with {overrides}: {error}") from None
+    return model
 
 
 def validate(model, split, device, rate: int) -> tuple[float, float]:
@@ -142,10 +154,14 @@ def train(cfg: TrainConfig, log=print) -> Path:
     labels = task_labels(cfg.task)
 
     # Model: the preset, with the task's labels and the training split's input statistics (paper D.4).
-    model_cfg = MRConvConfig.preset(cfg.preset, labels=labels, sample_rate=cfg.sample_rate,
-                                    input_mean=float(sample.mean()), input_std=float(sample.std()),
-                                    **cfg.model_overrides)
-    model = MRConvClassifier(model_cfg).to(device)
+    if cfg.init_from:
+        model = warm_start(cfg.init_from, labels, cfg.sample_rate, cfg.model_overrides).to(device)
+        log(f"starting from the weights in {cfg.init_from}")
+    else:
+        model_cfg = MRConvConfig.preset(cfg.preset, labels=labels, sample_rate=cfg.sample_rate,
+                                        input_mean=float(sample.mean()), input_std=float(sample.std()),
+                                        **cfg.model_overrides)
+        model = MRConvClassifier(model_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameter_groups(cfg.lr, cfg.weight_decay, cfg.kernel_lr))
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -168,7 +184,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         log(f"resuming from {state_path}: epoch {progress['epoch'] + 1}, step {progress['step']}")
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
     use_amp = device.type == "cuda"
-    log(f"training {cfg.preset} on {cfg.task}: {len(train_split)} clips, {steps_per_epoch} steps/epoch, "
+    log(f"training {cfg.init_from or cfg.preset} on {cfg.task}: {len(train_split)} clips, {steps_per_epoch} steps/epoch, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters, device {device}")
 
     for epoch in range(progress["epoch"], cfg.epochs):

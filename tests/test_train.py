@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from mrconv_audio import MRConvClassifier
-from mrconv_audio.train import TrainConfig, train
+from mrconv_audio.train import TrainConfig, train, warm_start
 from speech_tree import make_speech_commands
 
 TINY = {"d_model": 8, "depth": 1, "dropout": 0.1}
@@ -49,6 +49,28 @@ def test_unreadable_clips_are_skipped_and_listed(tmp_path):
     skipped = json.loads((out / "skipped.json").read_text())
     assert [s["path"] for s in skipped] == ["yes/broken_nohash_0.wav"]
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["skipped_clips"] == 1
+
+
+def test_fine_tuning_starts_from_the_saved_weights(tree, tmp_path):
+    first = train(tiny_config(tree, tmp_path / "a", tmp_path / "cache", epochs=3, augment=False), log=lambda *a: None)
+    labels = MRConvClassifier.from_pretrained(first / "best").labels
+    saved = MRConvClassifier.from_pretrained(first / "best").eval()
+    start = warm_start(first / "best", labels, 4000, {"dropout": 0.0}).eval()
+    x = torch.randn(2, 4000) * 0.1
+    torch.testing.assert_close(start(x), saved(x))
+    assert start.config.dropout == 0.0 and start.config.input_std == saved.config.input_std
+
+    second = train(tiny_config(tree, tmp_path / "b", tmp_path / "cache", epochs=1, augment=False,
+                               init_from=str(first / "best")), log=lambda *a: None)
+    loss = lambda run: json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+    assert loss(second) < loss(first)  # it goes on from where the first run ended, not from a fresh init
+
+    with pytest.raises(ValueError, match="trained at 4000 Hz"):
+        warm_start(first / "best", labels, 8000, {})
+    with pytest.raises(ValueError, match="labels"):
+        warm_start(first / "best", labels[::-1], 4000, {})
+    with pytest.raises(ValueError, match="merged"):
+        warm_start(first / "best-merged", labels, 4000, {})
 
 
 def cli_train(tree, out, cache, *extra):
