@@ -120,6 +120,16 @@ def warm_start(path, labels: list[str], sample_rate: int, overrides: dict) -> MR
     return model
 
 
+def drop_unsaved_epochs(metrics_path: Path, saved_epochs: int) -> None:
+    """A run killed between writing an epoch's metrics and its state repeats that epoch: keep one line for it."""
+    if not metrics_path.exists():
+        return
+    lines = metrics_path.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["epoch"] <= saved_epochs]
+    if len(kept) < len(lines):
+        atomic_write(metrics_path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
+
+
 def validate(model, split, device, rate: int) -> tuple[float, float]:
     """Validation accuracy at the training rate and, zero-shot, at half of it (naive decimation)."""
     model.eval()
@@ -182,6 +192,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     if state_path.exists():
         progress = load_state(state_path, model, optimizer, scheduler, {"augment": augment_gen})
         log(f"resuming from {state_path}: epoch {progress['epoch'] + 1}, step {progress['step']}")
+        drop_unsaved_epochs(out / "metrics.jsonl", progress["epoch"])
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1) + "\n")
     use_amp = device.type == "cuda"
     log(f"training {cfg.init_from or cfg.preset} on {cfg.task}: {len(train_split)} clips, {steps_per_epoch} steps/epoch, "

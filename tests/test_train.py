@@ -51,6 +51,16 @@ def test_unreadable_clips_are_skipped_and_listed(tmp_path):
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["skipped_clips"] == 1
 
 
+def test_an_epoch_logged_but_not_saved_is_logged_once_after_resuming(tree, tmp_path):
+    cfg = tiny_config(tree, tmp_path / "run", tmp_path / "cache", epochs=1, augment=False)
+    out = train(cfg, log=lambda *a: None)
+    with open(out / "metrics.jsonl", "a") as f:  # as if killed after logging epoch 2, before saving its state
+        f.write(json.dumps({"epoch": 2, "train_loss": -1.0}) + "\n")
+    train(tiny_config(tree, tmp_path / "run", tmp_path / "cache", epochs=2, augment=False), log=lambda *a: None)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[1]["train_loss"] > 0
+
+
 def test_fine_tuning_starts_from_the_saved_weights(tree, tmp_path):
     first = train(tiny_config(tree, tmp_path / "a", tmp_path / "cache", epochs=3, augment=False), log=lambda *a: None)
     labels = MRConvClassifier.from_pretrained(first / "best").labels
