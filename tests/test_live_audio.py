@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from mrconv_audio import MRConvClassifier, MRConvConfig
 from mrconv_audio.streaming import KeywordSpotter, StreamConfig, StreamWorker
 from tone_model import ToneModel, tone_stream
 from virtual_mic import VirtualMic
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +88,50 @@ def test_listen_cli_records_what_it_heard_and_stops_on_ctrl_c(mic, tmp_path):
     segment = heard[best : best + 16000]
     similarity = np.dot(segment, played[3200:19200]) / (np.linalg.norm(segment) * np.linalg.norm(played[3200:19200]))
     assert similarity > 0.99
+
+
+def test_shipped_model_hears_real_speakers_through_the_microphone(mic, tmp_path):
+    """Real recordings (the subset's test speakers, app/examples) played into the microphone, 2 s apart; the shipped
+    model listening live must find what it finds offline in the same WAV, each at the word that was playing."""
+    from app.listen import detect_file
+    from mrconv_audio.cli import load_model
+    from mrconv_audio.data.audio import fit_length, load_audio
+
+    clips = sorted((ROOT / "app" / "examples").glob("*.wav"))
+    words, parts = [], [np.zeros(8000, np.float32)]
+    for clip in clips:
+        x, rate = load_audio(clip)
+        assert rate == 16000
+        words.append(clip.name.split("_")[0])
+        parts += [fit_length(x, 16000), np.zeros(16000, np.float32)]
+    sf.write(tmp_path / "words.wav", np.concatenate(parts), 16000)
+    onsets = 0.5 + 2.0 * np.arange(len(words))  # word i plays in [onset, onset + 1 s)
+    offline = detect_file(load_model(None), tmp_path / "words.wav", hop=0.25)["detections"]
+
+    proc = subprocess.Popen([sys.executable, "-m", "mrconv_audio.cli", "listen", "--device", "default",
+                             "--samplerate", "16000"],
+                            env=mic.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if '"listening"' in line:
+            break
+    time.sleep(1.0)
+    assert mic.play(tmp_path / "words.wav").wait(timeout=60) == 0
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    live = [json.loads(line) for line in out.splitlines()]
+
+    def matched(detections, shift=0.0):  # the word playing when each detection fired, or None
+        return [next((w for w, t in zip(words, onsets) if t - 0.3 <= d["time"] - shift <= t + 1.3), None)
+                for d in detections]
+
+    assert [d["label"] for d in offline] == matched(offline), offline  # offline: right words only
+    assert len(offline) >= len(words) // 2, offline  # the model finds at least half of these real words
+    assert live, f"nothing detected live; offline found {offline}"
+    # Live times count from when the stream opened: align the first live detection with the same word offline.
+    offline_times = {d["label"]: d["time"] for d in offline}
+    assert live[0]["label"] in offline_times, (live, offline)
+    shift = live[0]["time"] - offline_times[live[0]["label"]]
+    assert [d["label"] for d in live] == matched(live, shift), live  # live: right words, at the right times
+    assert len(live) >= len(offline) - 1, (live, offline)
