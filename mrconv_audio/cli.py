@@ -35,6 +35,13 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_synthesize(args) -> int:
+    from .data.synthetic import synthesize
+
+    synthesize(args.out, per_keyword=args.per_keyword, per_other_word=args.per_other_word, seed=args.seed)
+    return 0
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """--set d_model=64 --set branch_norm=rescale -> {"d_model": 64, "branch_norm": "rescale"} (values as JSON)."""
     overrides = {}
@@ -63,6 +70,7 @@ def cmd_train(args) -> int:
         warmup_epochs=args.warmup_epochs, seed=args.seed, sample_rate=args.sample_rate, device=args.device,
         augment=not args.no_augment, speed_perturbation=not args.no_speed, checkpoint_every=args.checkpoint_every,
         cache_dir=args.cache_dir, model_overrides=parse_overrides(args.set), init_from=args.init_from,
+        extra_train=args.extra_train,
     )
     train(cfg)
     return 0
@@ -138,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--root", required=True, help="folder to unpack into (created; must be empty or absent)")
     d.add_argument("--version", default="0.02", choices=["0.02", "0.01"])
     d.set_defaults(func=cmd_download)
+    d = data_sub.add_parser("synthesize", help="spoken words from espeak-ng voices, in the Speech Commands layout")
+    d.add_argument("--out", required=True, help="folder to write (created; must be empty or absent)")
+    d.add_argument("--per-keyword", type=int, default=100, help="clips of each of the 10 keywords")
+    d.add_argument("--per-other-word", type=int, default=10, help="clips of each other word (for _unknown_)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser("train", help="train a classifier on a local Speech Commands root")
     p.add_argument("--preset", default="sc35-paper", help="model preset (see `mrconv-audio info`)")
@@ -161,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config field, e.g. --set d_model=64 --set branch_norm=rescale")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--extra-train", action="append", default=[], metavar="DIR",
+                   help="more training clips in the Speech Commands layout (e.g. from `data synthesize`); repeatable")
     p.add_argument("--init-from", metavar="MODEL_DIR",
                    help="fine-tune: start from this saved model (branch form, same task and rate); --preset is ignored")
     p.set_defaults(func=cmd_train)

@@ -50,6 +50,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also save the resume state every N steps inside an epoch (0: at epoch ends only)
     cache_dir: str | None = None
     model_overrides: dict = field(default_factory=dict)  # MRConvConfig fields, e.g. {"d_model": 64}
+    extra_train: list = field(default_factory=list)  # more training clips: Speech Commands-layout folders
     init_from: str | None = None  # start from this saved model's weights (fine-tuning) instead of the preset's init
 
 
@@ -162,6 +163,11 @@ def train(cfg: TrainConfig, log=print) -> Path:
     picked = np.random.default_rng(cfg.seed).permutation(len(train_split))[:4000]
     sample = train_split.waveforms(np.sort(picked))
     labels = task_labels(cfg.task)
+    for root in cfg.extra_train:  # e.g. synthetic speakers; after the statistics, which stay the real clips'
+        extra = load_split(SpeechCommands(root), cfg.task, "train", cfg.sample_rate, cache_dir=cfg.cache_dir,
+                           seed=cfg.seed, log=log, silence_fraction=0.0)
+        log(f"adding {len(extra)} training clips from {root}")
+        train_split = train_split.concat(extra)
 
     # Model: the preset, with the task's labels and the training split's input statistics (paper D.4).
     if cfg.init_from:

@@ -40,6 +40,14 @@ class CachedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def concat(self, other: "CachedSplit") -> "CachedSplit":
+        """Both splits' examples in one (in memory), e.g. real clips plus synthetic ones."""
+        if other.label_names != self.label_names or other.sample_rate != self.sample_rate:
+            raise ValueError(f"cannot join splits of labels {other.label_names} at {other.sample_rate} Hz to "
+                             f"labels {self.label_names} at {self.sample_rate} Hz")
+        return CachedSplit(np.concatenate([self.audio, other.audio]), np.concatenate([self.labels, other.labels]),
+                           self.label_names, self.paths + other.paths, self.skipped + other.skipped, self.sample_rate)
+
     def waveforms(self, index) -> torch.Tensor:
         """float32 waveforms in [-1, 1] for an index array: (len(index), length)."""
         return torch.from_numpy(self.audio[index].astype(np.float32) / 32768.0)
@@ -84,12 +92,13 @@ def load_split(
     cache_dir=None,
     seed: int = 0,
     log=print,
+    silence_fraction: float = 0.1,
 ) -> CachedSplit:
     labels = task_labels(task)
-    examples = dataset.examples(task, split, seed=seed)
+    examples = dataset.examples(task, split, seed=seed, silence_fraction=silence_fraction)
     length = round(sample_rate * clip_seconds)
     extra = {"root": str(dataset.root.resolve()), "task": task, "split": split, "rate": sample_rate,
-             "length": length, "seed": seed}
+             "length": length, "seed": seed, "silence_fraction": silence_fraction}
     key = _fingerprint(dataset, examples, extra)
     folder = Path(cache_dir or default_cache_dir())
     folder.mkdir(parents=True, exist_ok=True)
