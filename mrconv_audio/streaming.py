@@ -39,13 +39,15 @@ class StreamConfig:
     thresholds: dict[str, float] = field(default_factory=dict)  # per-class overrides
     refractory_seconds: float = 1.5  # after a detection that keyword cannot fire again for this long (a word stays
     #                                  in the 1 s window for about 1 s plus its own length)
+    same_word_seconds: float = 0.5  # one sound, one detection: a detection whose loudest moment is this close to
+    #                                 the previous one's is that word again under another label, and does not fire
     energy_gate_dbfs: float = -50.0  # windows quieter than this (RMS, dB full scale) never fire
     mode: str = "kernel"  # kernel: run at the input's rate; input: resample the audio to the model's rate
     ignore: tuple[str, ...] = NON_KEYWORDS  # classes that never fire
 
     def __post_init__(self):
-        if self.hop_seconds <= 0 or self.smoothing < 1 or self.refractory_seconds < 0:
-            raise ValueError("hop_seconds must be > 0, smoothing >= 1 and refractory_seconds >= 0")
+        if self.hop_seconds <= 0 or self.smoothing < 1 or self.refractory_seconds < 0 or self.same_word_seconds < 0:
+            raise ValueError("hop_seconds must be > 0, smoothing >= 1, refractory_seconds and same_word_seconds >= 0")
         if self.mode not in ("kernel", "input"):
             raise ValueError(f"mode must be 'kernel' or 'input', got {self.mode!r}")
         for name, value in [("threshold", self.threshold), *self.thresholds.items()]:
@@ -97,6 +99,7 @@ class KeywordSpotter:
         self.samples_seen = 0  # samples that have entered the buffer
         self.recent = deque(maxlen=self.cfg.smoothing)
         self.last_fired: dict[str, float] = {}
+        self.last_word_time = -math.inf  # stream time of the last detection's word
         self.fire_mask = np.array([label not in self.cfg.ignore for label in self.labels])
         self.thresholds = np.array([self.cfg.thresholds.get(label, self.cfg.threshold) for label in self.labels])
 
@@ -106,6 +109,7 @@ class KeywordSpotter:
         self.samples_seen = 0
         self.recent.clear()
         self.last_fired.clear()
+        self.last_word_time = -math.inf
 
     @staticmethod
     def mono(samples: np.ndarray) -> np.ndarray:
@@ -148,9 +152,12 @@ class KeywordSpotter:
             if len(candidates):
                 best = int(candidates[np.argmax(probs[candidates])])
                 label = self.labels[best]
-                if end_time - self.last_fired.get(label, -math.inf) >= self.cfg.refractory_seconds:
+                word_time = self._loudest_time(end_time)
+                if (end_time - self.last_fired.get(label, -math.inf) >= self.cfg.refractory_seconds
+                        and word_time - self.last_word_time >= self.cfg.same_word_seconds):
                     self.last_fired[label] = end_time
-                    result.detection = Detection(label, float(probs[best]), self._loudest_time(end_time), latency_ms)
+                    self.last_word_time = word_time
+                    result.detection = Detection(label, float(probs[best]), word_time, latency_ms)
         return result
 
     def _loudest_time(self, end_time: float) -> float:

@@ -31,6 +31,19 @@ def test_one_detection_per_word_at_the_right_time():
         assert d.score >= 0.6 and d.latency_ms > 0
 
 
+def test_one_sound_heard_under_two_labels_fires_once():
+    # One 0.55 s sound: a weak low tone, then a loud high one overlapping most of it. The window first reads it as
+    # "low" (only its start is in), then as "high"; every window is loudest within 0.5 s of the first.
+    stream = tone_stream([(1.0, "low", 0.2), (1.15, "high", 0.4)], seconds=3)
+    both = StreamConfig(hop_seconds=0.1, smoothing=1, same_word_seconds=0)
+    assert [d.label for d in detections(run(KeywordSpotter(ToneModel(), 16000, both), stream))] == ["low", "high"]
+    once = StreamConfig(hop_seconds=0.1, smoothing=1, same_word_seconds=0.5)
+    found = detections(run(KeywordSpotter(ToneModel(), 16000, once), stream))
+    assert [d.label for d in found] == ["low"]
+    later = tone_stream([(1.0, "low", 0.2), (2.0, "high", 0.4)], seconds=4)  # two sounds a second apart: both fire
+    assert [d.label for d in detections(run(KeywordSpotter(ToneModel(), 16000, once), later))] == ["low", "high"]
+
+
 def test_results_do_not_depend_on_block_size():
     stream = tone_stream([(1.2, "high", 0.2)], seconds=3)
     a = run(KeywordSpotter(ToneModel(), 16000, StreamConfig(hop_seconds=0.1)), stream, block=37)
