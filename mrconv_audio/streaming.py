@@ -152,12 +152,12 @@ class KeywordSpotter:
             if len(candidates):
                 best = int(candidates[np.argmax(probs[candidates])])
                 label = self.labels[best]
-                word_time = self._loudest_time(end_time)
-                if (end_time - self.last_fired.get(label, -math.inf) >= self.cfg.refractory_seconds
-                        and word_time - self.last_word_time >= self.cfg.same_word_seconds):
-                    self.last_fired[label] = end_time
-                    self.last_word_time = word_time
-                    result.detection = Detection(label, float(probs[best]), word_time, latency_ms)
+                if end_time - self.last_fired.get(label, -math.inf) >= self.cfg.refractory_seconds:
+                    word_time = self._loudest_time(end_time)
+                    if word_time - self.last_word_time >= self.cfg.same_word_seconds:
+                        self.last_fired[label] = end_time
+                        self.last_word_time = word_time
+                        result.detection = Detection(label, float(probs[best]), word_time, latency_ms)
         return result
 
     def _loudest_time(self, end_time: float) -> float:

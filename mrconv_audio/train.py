@@ -159,25 +159,25 @@ def train(cfg: TrainConfig, log=print) -> Path:
         log(f"skipped {len(skipped)} unreadable clips (listed in {out / 'skipped.json'}), e.g. {skipped[0]['path']}")
     if len(train_split) == 0:
         raise ValueError(f"{cfg.data_root}: no readable training clips for task {cfg.task}")
-    # Normalization statistics from (up to 4,000 randomly chosen) training clips.
-    picked = np.random.default_rng(cfg.seed).permutation(len(train_split))[:4000]
-    sample = train_split.waveforms(np.sort(picked))
     labels = task_labels(cfg.task)
-    for root in cfg.extra_train:  # e.g. synthetic speakers; after the statistics, which stay the real clips'
-        extra = load_split(SpeechCommands(root), cfg.task, "train", cfg.sample_rate, cache_dir=cfg.cache_dir,
-                           seed=cfg.seed, log=log, silence_fraction=0.0)
-        log(f"adding {len(extra)} training clips from {root}")
-        train_split = train_split.concat(extra)
 
-    # Model: the preset, with the task's labels and the training split's input statistics (paper D.4).
+    # Model: a saved one to fine-tune, or the preset with the task's labels and the input statistics of (up to
+    # 4,000 randomly chosen) real training clips (paper D.4).
     if cfg.init_from:
         model = warm_start(cfg.init_from, labels, cfg.sample_rate, cfg.model_overrides).to(device)
         log(f"starting from the weights in {cfg.init_from}")
     else:
+        picked = np.random.default_rng(cfg.seed).permutation(len(train_split))[:4000]
+        sample = train_split.waveforms(np.sort(picked))
         model_cfg = MRConvConfig.preset(cfg.preset, labels=labels, sample_rate=cfg.sample_rate,
                                         input_mean=float(sample.mean()), input_std=float(sample.std()),
                                         **cfg.model_overrides)
         model = MRConvClassifier(model_cfg).to(device)
+    for root in cfg.extra_train:  # e.g. synthetic speakers: they train, but never set the statistics above
+        extra = load_split(SpeechCommands(root), cfg.task, "train", cfg.sample_rate, cache_dir=cfg.cache_dir,
+                           seed=cfg.seed, log=log, silence_fraction=0.0)
+        log(f"adding {len(extra)} training clips from {root}")
+        train_split = train_split.concat(extra)
     optimizer = torch.optim.AdamW(model.parameter_groups(cfg.lr, cfg.weight_decay, cfg.kernel_lr))
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs

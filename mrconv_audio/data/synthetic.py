@@ -28,6 +28,7 @@ VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "e
 VARIANTS = tuple(f"m{i}" for i in range(1, 8)) + tuple(f"f{i}" for i in range(1, 6)) + ("klatt", "klatt2", "croak")
 SPEEDS = (110, 220)  # words per minute (espeak-ng's default is 175)
 PITCHES = (20, 80)  # espeak-ng's 0-99 scale (default 50)
+NOT_INSTALLED = "espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)"
 
 
 def espeak(word: str, voice: str, variant: str, speed: int, pitch: int) -> tuple[np.ndarray, int]:
@@ -36,7 +37,7 @@ def espeak(word: str, voice: str, variant: str, speed: int, pitch: int) -> tuple
     try:
         wav = subprocess.run(command, capture_output=True, check=True, timeout=30).stdout
     except FileNotFoundError:
-        raise DataError("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)") from None
+        raise DataError(NOT_INSTALLED) from None
     except subprocess.CalledProcessError as e:
         raise DataError(f"espeak-ng failed for {word!r} with voice {voice}+{variant}: {e.stderr.decode()[:200]}") from None
     x, rate = sf.read(io.BytesIO(wav), dtype="float32")
@@ -61,7 +62,7 @@ def synthesize(out, per_keyword: int = 100, per_other_word: int = 10, seed: int 
     """Write `per_keyword` clips of each of the 10 keywords and `per_other_word` of each other Speech Commands word
     (for the _unknown_ class). Returns the summary also written to out/synthesis.json."""
     if shutil.which("espeak-ng") is None:
-        raise DataError("espeak-ng is not installed (Debian/Ubuntu: apt-get install espeak-ng)")
+        raise DataError(NOT_INSTALLED)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out}: folder is not empty; choose a new --out")
