@@ -13,10 +13,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write
+from .kernels import FourierKernel
 from .model import MRConvClassifier, MRConvConfig
 
 FORMAT = "mrconv-audio"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Fourier modes stored at unit scale (kernels.FourierKernel.scale applied in forward)
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
@@ -54,8 +56,9 @@ def read_config(directory) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: field 'format' must be {FORMAT!r}, got {meta.get('format') if isinstance(meta, dict) else meta!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: field 'format_version' must be {FORMAT_VERSION}, got {meta.get('format_version')!r}")
+    if meta.get("format_version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path}: field 'format_version' must be one of {READABLE_VERSIONS}, "
+                              f"got {meta.get('format_version')!r}")
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{path}: field 'config' must be an object")
     try:
@@ -92,5 +95,9 @@ def load_pretrained(directory, map_location="cpu") -> MRConvClassifier:
                 f"{path}: tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, "
                 f"the config expects {tuple(expected[name].shape)} {expected[name].dtype}"
             )
+    if meta["format_version"] == 1:  # version 1 stored Fourier modes multiplied by their kernel's scale
+        for name, module in model.named_modules():
+            if isinstance(module, FourierKernel):
+                tensors[f"{name}.modes"] = tensors[f"{name}.modes"] / module.scale
     model.load_state_dict(tensors)
     return model.to(map_location)

@@ -59,12 +59,14 @@ class FourierKernel(nn.Module):
         if not 1 <= n_modes <= length // 2:
             raise ValueError(f"n_modes must be in [1, {length // 2}] for a kernel of {length} taps, got {n_modes}")
         self.length, self.n_modes, self.directions = length, n_modes, directions
-        # Unit L2 norm in expectation: sum_t k[t]^2 ~ 2 * n_modes * std^2 / length (Parseval).
-        std = math.sqrt(length / (2 * n_modes * directions))
-        self.modes = nn.Parameter(torch.randn(directions, channels, n_modes, 2) * std / math.sqrt(2))
+        # The kernel has unit L2 norm in expectation: sum_t k[t]^2 ~ 2 * n_modes * scale^2 / length (Parseval).
+        # The modes are stored at unit scale and `scale` applied in forward: stored at their full size (which grows
+        # as sqrt(length)) Adam's size-independent steps would barely move the long sub-kernels.
+        self.scale = math.sqrt(length / (2 * n_modes * directions))
+        self.modes = nn.Parameter(torch.randn(directions, channels, n_modes, 2) / math.sqrt(2))
 
     def forward(self, rate_ratio: float = 1.0) -> torch.Tensor:
-        modes = torch.view_as_complex(self.modes)  # (D, H, n_modes)
+        modes = torch.view_as_complex(self.modes) * self.scale  # (D, H, n_modes)
         if rate_ratio == 1:
             return torch.fft.irfft(modes, n=self.length)  # zero-pads the missing modes
         return self._resampled(modes, float(rate_ratio))

@@ -97,3 +97,25 @@ def test_config_that_does_not_match_weights_names_the_tensor(tmp_path):
     config.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="field 'config': MRConvConfig.depth"):
         MRConvClassifier.from_pretrained(tmp_path)
+
+
+def test_version_1_checkpoints_with_scaled_fourier_modes_load_unchanged(tmp_path):
+    """Format 1 stored Fourier modes multiplied by their kernel's scale; format 2 stores them at unit scale."""
+    from safetensors.torch import load_file, save_file
+
+    from mrconv_audio.kernels import FourierKernel
+
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    for name, module in model.named_modules():
+        if isinstance(module, FourierKernel):
+            tensors[f"{name}.modes"] = tensors[f"{name}.modes"] * module.scale
+    save_file(tensors, tmp_path / "model.safetensors")
+    meta = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**meta, "format_version": 1}))
+    x = torch.randn(2, 1000)
+    torch.testing.assert_close(MRConvClassifier.from_pretrained(tmp_path)(x), model(x), rtol=1e-5, atol=1e-6)
+    (tmp_path / "config.json").write_text(json.dumps({**meta, "format_version": 3}))
+    with pytest.raises(CheckpointError, match="'format_version' must be one of"):
+        MRConvClassifier.from_pretrained(tmp_path)
