@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .frontend import LogMel
 from .kernels import KERNEL_PARAMETER_NAMES, KERNEL_TYPES
 from .mrconv import NORMS, MRConv
 
@@ -19,6 +20,7 @@ SC35_LABELS = (
 ).split()
 
 BLOCK_NORMS = ("batchnorm", "layernorm")
+FRONTENDS = ("waveform", "logmel")
 # Rates a model runs at, relative to its training rate: 16 kHz -> 2 kHz .. 192 kHz.
 MIN_RATE_RATIO, MAX_RATE_RATIO = 1 / 8, 12
 
@@ -44,12 +46,24 @@ class MRConvConfig:
     input_mean: float = 0.0
     input_std: float = 0.2
     seed: int = 0  # sparse kernels' tap positions
+    # Front end. waveform: the stack convolves raw samples (the paper). logmel: a fixed log-mel filterbank defined in
+    # Hz and seconds (frontend.py) turns audio at any rate into frame_rate frames per second, and the stack convolves
+    # frames; input_mean/input_std are then unused (a BatchNorm normalizes the bands).
+    frontend: str = "waveform"
+    n_mels: int = 40
+    f_min: float = 20.0
+    f_max: float = 4000.0  # what an 8 kHz input still carries
+    window_seconds: float = 0.025
+    frame_rate: float = 100.0
 
     def __post_init__(self):
         checks = {
             "kernel": (self.kernel in KERNEL_TYPES, f"one of {KERNEL_TYPES}"),
             "branch_norm": (self.branch_norm in NORMS, f"one of {NORMS}"),
             "block_norm": (self.block_norm in BLOCK_NORMS, f"one of {BLOCK_NORMS}"),
+            "frontend": (self.frontend in FRONTENDS, f"one of {FRONTENDS}"),
+            "f_max": (self.frontend != "logmel" or 0 <= self.f_min < self.f_max <= self.sample_rate / 2,
+                      "above f_min and at most sample_rate / 2"),
             "d_model": (self.d_model >= 1, "a positive integer"),
             "depth": (self.depth >= 1, "a positive integer"),
             "n_modes": (1 <= self.n_modes <= self.l0 // 2, f"between 1 and l0 // 2 = {self.l0 // 2}"),
@@ -65,7 +79,8 @@ class MRConvConfig:
 
     @property
     def max_len(self) -> int:
-        return round(self.sample_rate * self.clip_seconds)
+        """Length of the stack's input for one window: samples (waveform front end) or frames (logmel)."""
+        return round((self.frame_rate if self.frontend == "logmel" else self.sample_rate) * self.clip_seconds)
 
     @property
     def n_classes(self) -> int:
@@ -98,6 +113,9 @@ PRESETS: dict[str, dict] = {
     "sc35-paper": {},
     # Narrow, shallow, rescale-mode branches (one FFT convolution per layer while training): trains on 2 CPU cores.
     "small": dict(d_model=48, depth=3, branch_norm="rescale"),
+    # Two rates: a log-mel front end at the audio's rate, then the paper's blocks (Fourier, bidirectional, BatchNorm
+    # branches) over 100 frames per second. Sub-kernels of 8, 16, 32, 64 and 100 frames (80 ms to the whole second).
+    "logmel": dict(frontend="logmel", d_model=64, depth=6, l0=8, n_modes=4),
 }
 
 
@@ -138,7 +156,10 @@ class MRConvClassifier(nn.Module):
     def __init__(self, cfg: MRConvConfig):
         super().__init__()
         self.config = cfg
-        self.encoder = nn.Conv1d(1, cfg.d_model, 1)
+        if cfg.frontend == "logmel":
+            self.frontend = LogMel(cfg.n_mels, cfg.f_min, cfg.f_max, cfg.window_seconds, cfg.frame_rate)
+            self.input_norm = nn.BatchNorm1d(cfg.n_mels)
+        self.encoder = nn.Conv1d(cfg.n_mels if cfg.frontend == "logmel" else 1, cfg.d_model, 1)
         self.blocks = nn.ModuleList(MRConvBlock(cfg) for _ in range(cfg.depth))
         self.decoder = nn.Linear(cfg.d_model, cfg.n_classes)
 
@@ -152,8 +173,14 @@ class MRConvClassifier(nn.Module):
 
     def max_samples(self, sample_rate: float | None = None) -> int:
         """The longest input (the model's window) at `sample_rate`."""
-        ratio = 1 if sample_rate is None else sample_rate / self.config.sample_rate
-        return math.ceil(self.config.max_len * ratio - 1e-9)
+        rate = sample_rate or self.config.sample_rate
+        return math.ceil(rate * self.config.clip_seconds - 1e-9)
+
+    def rate_range(self) -> tuple[float, float]:
+        """The input sample rates this model runs at, in Hz."""
+        cfg = self.config
+        low = max(cfg.sample_rate * MIN_RATE_RATIO, 2 * cfg.f_max if cfg.frontend == "logmel" else 0)
+        return low, cfg.sample_rate * MAX_RATE_RATIO
 
     def forward(
         self, x: torch.Tensor, sample_rate: float | None = None, lengths: torch.Tensor | None = None
@@ -161,24 +188,34 @@ class MRConvClassifier(nn.Module):
         cfg = self.config
         if x.dim() != 2:
             raise ValueError(f"expected a waveform batch of shape (batch, time), got {tuple(x.shape)}")
-        if sample_rate is not None and not MIN_RATE_RATIO <= sample_rate / cfg.sample_rate <= MAX_RATE_RATIO:
+        low, high = self.rate_range()
+        if sample_rate is not None and not low <= sample_rate <= high:
             raise ValueError(
                 f"sample_rate {sample_rate} Hz is out of range for a model trained at {cfg.sample_rate} Hz: expected "
-                f"{cfg.sample_rate * MIN_RATE_RATIO:g} to {cfg.sample_rate * MAX_RATE_RATIO:g} Hz"
+                f"{low:g} to {high:g} Hz"
             )
-        rate_ratio = 1 if sample_rate is None or sample_rate == cfg.sample_rate else sample_rate / cfg.sample_rate
+        rate = sample_rate or cfg.sample_rate
+        rate_ratio = 1 if rate == cfg.sample_rate else rate / cfg.sample_rate
         if x.shape[1] > self.max_samples(sample_rate):
             raise ValueError(
                 f"input of {x.shape[1]} samples is longer than the model's {cfg.clip_seconds:g} s window "
                 f"({self.max_samples(sample_rate)} samples at {sample_rate or cfg.sample_rate} Hz)"
             )
-        x = (x - cfg.input_mean) * (0.2 / cfg.input_std)
+        if lengths is not None:
+            x = x * (torch.arange(x.shape[1], device=x.device) < lengths[:, None].to(x.device))
+        if cfg.frontend == "logmel":
+            features = self.input_norm(self.frontend(x, rate))  # (B, n_mels, frames)
+            steps = torch.tensor([features.shape[-1]]) if lengths is None else torch.ceil(
+                lengths * (cfg.frame_rate / rate) - 1e-9).long()
+            rate_ratio = 1  # the stack runs at the frame rate, whatever the audio's rate
+        else:
+            features = ((x - cfg.input_mean) * (0.2 / cfg.input_std))[:, None, :]  # (B, 1, T)
+            steps = lengths
         mask = None
         if lengths is not None:
-            mask = (torch.arange(x.shape[1], device=x.device) < lengths[:, None].to(x.device)).to(x.dtype)
-            x = x * mask
-            mask = mask[:, None, :]  # (B, 1, T)
-        h = self.encoder(x[:, None, :])  # (B, H, T)
+            mask = (torch.arange(features.shape[-1], device=x.device) < steps[:, None].to(x.device))
+            mask = mask.to(features.dtype)[:, None, :]  # (B, 1, T)
+        h = self.encoder(features)  # (B, H, T)
         for block in self.blocks:
             h = block(h, rate_ratio, mask)
         if mask is None:

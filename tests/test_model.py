@@ -150,3 +150,58 @@ def test_small_model_learns_a_toy_task():
     model.reparameterize()
     accuracy = (model(x).argmax(-1) == y).float().mean()
     assert accuracy > 0.95
+
+
+def logmel_config(**overrides) -> MRConvConfig:
+    values = dict(frontend="logmel", d_model=8, depth=2, l0=8, n_modes=4, labels=["a", "b", "c"], dropout=0.0)
+    return MRConvConfig(**{**values, **overrides})
+
+
+def test_logmel_preset_convolves_frames():
+    cfg = MRConvConfig.preset("logmel")
+    assert (cfg.frontend, cfg.frame_rate, cfg.max_len, cfg.branch_norm, cfg.kernel) == (
+        "logmel", 100, 100, "batchnorm", "fourier")
+    model = MRConvClassifier(cfg)
+    assert model.blocks[0].conv.lengths == [8, 16, 32, 64, 100]
+    assert sum(p.numel() for p in model.parameters()) < 100_000
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_logmel_model_reparameterizes_exactly(dtype, rtol):
+    model = trained_model(logmel_config()).to(dtype)
+    x = 0.1 * torch.randn(3, 16000, dtype=dtype)
+    with torch.no_grad():
+        before = model(x)
+        model.reparameterize()
+        after = model(x)
+    assert ((after - before).abs().max() / before.abs().max()) < rtol
+
+
+def test_logmel_model_runs_from_8_khz_up_and_names_what_it_cannot_run():
+    model = trained_model(logmel_config())
+    assert model.rate_range() == (8000, 192000)
+    for rate in (8000, 11025, 44100, 48000):
+        assert model(0.1 * torch.randn(2, model.max_samples(rate)), sample_rate=rate).shape == (2, 3)
+    with pytest.raises(ValueError, match="sample_rate 6000 Hz is out of range .* expected 8000 to 192000 Hz"):
+        model(torch.randn(1, 6000), sample_rate=6000)
+
+
+def test_logmel_model_hears_the_same_sound_alike_at_every_rate():
+    model = trained_model(logmel_config()).double()
+    logits = {}
+    for rate in (8000, 16000, 32000, 44100, 48000):
+        t = torch.arange(rate, dtype=torch.float64) / rate
+        x = 0.3 * torch.sin(2 * math.pi * 440 * t) * torch.exp(-3 * t) + 0.1 * torch.sin(2 * math.pi * 1900 * t + 1)
+        logits[rate] = model(x[None], sample_rate=rate)[0]
+    for rate in (8000, 32000, 44100, 48000):
+        torch.testing.assert_close(logits[rate], logits[16000], rtol=0, atol=1e-3 * logits[16000].abs().max().item())
+
+
+def test_logmel_padding_is_ignored():
+    model = trained_model(logmel_config()).double()
+    a, b = 0.1 * torch.randn(1, 16000, dtype=torch.float64), 0.1 * torch.randn(1, 9600, dtype=torch.float64)
+    batch = torch.zeros(2, 16000, dtype=torch.float64)
+    batch[0], batch[1, :9600] = a[0], b[0]
+    out = model(batch, lengths=torch.tensor([16000, 9600]))
+    torch.testing.assert_close(out[0], model(a)[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out[1], model(b)[0], rtol=1e-9, atol=1e-9)
