@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a classifier on a local Speech Commands root")
     p.add_argument("--preset", default="sc35-paper", help="model preset (see `mrconv-audio info`)")
     p.add_argument("--task", default="sc35", choices=["sc35", "kws12"])
-    p.add_argument("--data-root", required=True)
+    p.add_argument("--data-root", required=True, action="append",
+                   help="Speech Commands root; repeat to join several (each clip keeps its root's split)")
     p.add_argument("--out", required=True, help="run folder (metrics.jsonl, best/, resume state)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
@@ -184,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy at many sample rates, kernel vs input resampling")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data-root", help="Speech Commands root (with --split)")
+    source.add_argument("--data-root", action="append", help="Speech Commands root (with --split); repeatable")
     source.add_argument("--folder", help="folder of <label>/*.wav at any rates")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--task", help="task of --data-root (default: inferred from the model's labels)")

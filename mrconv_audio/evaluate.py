@@ -188,7 +188,7 @@ def run_evaluation(args, log=print) -> dict:
         waveforms, labels = split.waveforms(np.arange(len(split))), torch.from_numpy(split.labels)
         results = evaluate_rates(model, waveforms, labels, 16000, rates, modes, args.input_resample,
                                  args.batch_size, log)
-        extra.update(data_root=str(args.data_root), split=args.split, task=task, skipped=split.skipped)
+        extra.update(data_root=[str(r) for r in args.data_root], split=args.split, task=task, skipped=split.skipped)
     else:
         items, skipped, problems = read_folder(args.folder, model.labels)
         results = []

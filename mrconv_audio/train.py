@@ -32,7 +32,7 @@ from .model import MRConvClassifier, MRConvConfig
 
 @dataclass
 class TrainConfig:
-    data_root: str
+    data_root: str | list  # one Speech Commands root or several (their splits are joined)
     out: str
     preset: str = "sc35-paper"
     task: str = "sc35"
@@ -52,6 +52,8 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)  # MRConvConfig fields, e.g. {"d_model": 64}
     extra_train: list = field(default_factory=list)  # more training clips: Speech Commands-layout folders
     init_from: str | None = None  # start from this saved model's weights (fine-tuning) instead of the preset's init
+    all_unknown: bool = True  # kws12: every non-keyword training clip is an _unknown_ example (not 10% of keywords)
+    balance_classes: bool = True  # weight the loss by 1 / class count: rare words (on, off) count as much as others
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
@@ -132,15 +134,38 @@ def drop_unsaved_epochs(metrics_path: Path, saved_epochs: int) -> None:
 
 
 def validate(model, split, device, rate: int) -> tuple[float, float]:
-    """Validation accuracy at the training rate and, zero-shot, at half of it (naive decimation)."""
+    """Validation accuracy at the training rate and, zero-shot, at half of it (naive decimation; nan when the model
+    cannot run there)."""
     model.eval()
     x, y = split.waveforms(np.arange(len(split))), torch.from_numpy(split.labels)
     full, _, _ = score(predict(model, x, device=device), y, model.labels)
-    half, _, _ = score(predict(model, x[:, ::2], sample_rate=rate / 2, device=device), y, model.labels)
+    half = float("nan")
+    if rate / 2 >= model.rate_range()[0]:
+        half, _, _ = score(predict(model, x[:, ::2], sample_rate=rate / 2, device=device), y, model.labels)
     return full, half
 
 
-def train(cfg: TrainConfig, log=print) -> Path:
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Loss weights 1 / count, scaled so that the average training example weighs 1 (absent classes: 0)."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (np.count_nonzero(counts) * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def build_classifier(cfg: "TrainConfig", labels: list[str], train_split) -> MRConvClassifier:
+    """The preset with the task's labels and the input statistics of (up to 4,000 randomly chosen) real training clips
+    (paper D.4; used by the waveform front end)."""
+    picked = np.random.default_rng(cfg.seed).permutation(len(train_split))[:4000]
+    sample = train_split.waveforms(np.sort(picked))
+    model_cfg = MRConvConfig.preset(cfg.preset, labels=labels, sample_rate=cfg.sample_rate,
+                                    input_mean=float(sample.mean()), input_std=float(sample.std()),
+                                    **cfg.model_overrides)
+    return MRConvClassifier(model_cfg)
+
+
+def train(cfg: TrainConfig, log=print, build_model=build_classifier) -> Path:
+    """Train and return the run folder. `build_model(cfg, labels, train_split)` makes a fresh model (e.g. a baseline
+    with the same interface: labels, rate_range, parameter_groups, save_pretrained, from_pretrained, reparameterize)."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
@@ -148,11 +173,11 @@ def train(cfg: TrainConfig, log=print) -> Path:
 
     # Data: decoded once into the cache, then memory-mapped.
     dataset = SpeechCommands(cfg.data_root)
+    load = lambda split: load_split(dataset, cfg.task, split, cfg.sample_rate, cache_dir=cfg.cache_dir, seed=cfg.seed,
+                                    log=log, unknown_fraction=None if cfg.all_unknown and split == "train" else 0.1)
+    train_split, val_split = load("train"), load("validation")
     for warning in dataset.warnings:
         log(f"warning: {warning}")
-    load = lambda split: load_split(dataset, cfg.task, split, cfg.sample_rate, cache_dir=cfg.cache_dir, seed=cfg.seed,
-                                    log=log)
-    train_split, val_split = load("train"), load("validation")
     skipped = train_split.skipped + val_split.skipped
     (out / "skipped.json").write_text(json.dumps(skipped, indent=1) + "\n")
     if skipped:
@@ -161,18 +186,12 @@ def train(cfg: TrainConfig, log=print) -> Path:
         raise ValueError(f"{cfg.data_root}: no readable training clips for task {cfg.task}")
     labels = task_labels(cfg.task)
 
-    # Model: a saved one to fine-tune, or the preset with the task's labels and the input statistics of (up to
-    # 4,000 randomly chosen) real training clips (paper D.4).
+    # Model: a saved one to fine-tune, or a fresh one.
     if cfg.init_from:
         model = warm_start(cfg.init_from, labels, cfg.sample_rate, cfg.model_overrides).to(device)
         log(f"starting from the weights in {cfg.init_from}")
     else:
-        picked = np.random.default_rng(cfg.seed).permutation(len(train_split))[:4000]
-        sample = train_split.waveforms(np.sort(picked))
-        model_cfg = MRConvConfig.preset(cfg.preset, labels=labels, sample_rate=cfg.sample_rate,
-                                        input_mean=float(sample.mean()), input_std=float(sample.std()),
-                                        **cfg.model_overrides)
-        model = MRConvClassifier(model_cfg).to(device)
+        model = build_model(cfg, labels, train_split).to(device)
     for root in cfg.extra_train:  # e.g. synthetic speakers: they train, but never set the statistics above
         extra = load_split(SpeechCommands(root), cfg.task, "train", cfg.sample_rate, cache_dir=cfg.cache_dir,
                            seed=cfg.seed, log=log, silence_fraction=0.0)
@@ -184,6 +203,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total, max(1, round(cfg.warmup_epochs * steps_per_epoch))))
 
+    weights = class_weights(train_split.labels, len(labels)).to(device) if cfg.balance_classes else None
     augment_gen = torch.Generator().manual_seed(cfg.seed + 1)
     noise = None
     if SILENCE in labels:
@@ -218,7 +238,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
             x, y = x.to(device), y.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y, weight=weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -237,7 +257,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         val_acc, val_half = validate(model, val_split, device, cfg.sample_rate)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "val_accuracy": val_acc, f"val_accuracy_{cfg.sample_rate // 2}hz": val_half,
-                  "lr": scheduler.get_last_lr()[1], "kernel_lr": scheduler.get_last_lr()[0],
+                  **{("lr" if g["name"] == "rest" else f"{g['name']}_lr"): g["lr"] for g in optimizer.param_groups},
                   "seconds": round(time.time() - start, 2), "clips": seen, "skipped_clips": len(skipped)}
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -247,7 +267,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
         progress = {"epoch": epoch + 1, "step": 0, "best_accuracy": max(progress["best_accuracy"], val_acc)}
         if val_acc >= progress["best_accuracy"]:
             model.save_pretrained(out / "best")
-            merged = MRConvClassifier.from_pretrained(out / "best").reparameterize()
+            merged = type(model).from_pretrained(out / "best").reparameterize()
             merged.save_pretrained(out / "best-merged")
         save_state(state_path, model, optimizer, scheduler, {"augment": augment_gen}, progress)
     return out

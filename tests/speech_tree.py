@@ -22,24 +22,27 @@ def word_audio(word_index: int, speaker: int, rng: np.random.Generator, rate: in
 
 
 def make_speech_commands(root, words=None, speakers=6, clips_per_speaker=1, rate=16000, seconds=1.0,
-                         noise_files=2, seed=0) -> Path:
-    """Speakers 0 and 1 go to the validation and testing lists; the rest train."""
+                         noise_files=3, seed=0, suffix=".wav", first_speaker=0) -> Path:
+    """Speakers first_speaker and first_speaker + 1 go to the validation and testing lists; the rest train.
+    Clips are written as `suffix` (.wav or .flac); noise_files long noise recordings (0 for none)."""
     root = Path(root)
     words = list(words or KEYWORDS + ["bed", "cat"])
     rng = np.random.default_rng(seed)
     lists = {"validation": [], "test": []}
     for w, word in enumerate(words):
         (root / word).mkdir(parents=True, exist_ok=True)
-        for s in range(speakers):
+        for s in range(first_speaker, first_speaker + speakers):
             for c in range(clips_per_speaker):
-                rel = f"{word}/{s:08x}_nohash_{c}.wav"
+                rel = f"{word}/{s:08x}_nohash_{c}{suffix}"
                 sf.write(root / rel, word_audio(w, s, rng, rate, seconds), rate, subtype="PCM_16")
-                if s == 0:
+                if s == first_speaker:
                     lists["validation"].append(rel)
-                elif s == 1:
+                elif s == first_speaker + 1:
                     lists["test"].append(rel)
     (root / "validation_list.txt").write_text("\n".join(lists["validation"]) + "\n")
     (root / "testing_list.txt").write_text("\n".join(lists["test"]) + "\n")
+    if not noise_files:
+        return root
     (root / "_background_noise_").mkdir(exist_ok=True)
     for i in range(noise_files):  # 12 s of noise each: ~24 one-second segments for _silence_
         noise = (0.05 * rng.standard_normal(12 * rate)).astype(np.float32)

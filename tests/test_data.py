@@ -28,6 +28,7 @@ def test_reader_splits_follow_the_list_files(tree):
     train, val, test = (data.word_clips(s) for s in ("train", "validation", "test"))
     assert len(val) == len(test) == 12 and len(train) == 48
     assert all("/00000000_" in p for p, _ in val) and all("/00000001_" in p for p, _ in test)
+    assert all(p.startswith(str(tree)) for p, _ in train)
     assert not {p for p, _ in train} & {p for p, _ in val + test}
 
 
@@ -37,12 +38,94 @@ def test_kws12_has_silence_and_unknown_balanced(tree):
     counts = collections.Counter(e.label for e in examples)
     assert counts["yes"] == 4 and counts[UNKNOWN] == 4  # ceil(10% of 40 keyword clips)
     assert counts[SILENCE] == 4
-    assert all(e.path.startswith("_background_noise_/") and e.frames == 16000 for e in examples if e.label == SILENCE)
-    # Noise segments are split disjointly between train, validation and test.
-    segs = {s: {(e.path, e.offset) for e in data.noise_segments(s)} for s in ("train", "validation", "test")}
-    assert sum(len(v) for v in segs.values()) == 24 and not segs["train"] & segs["test"]
+    assert all("/_background_noise_/" in e.path and e.frames == 16000 for e in examples if e.label == SILENCE)
+    everything = data.examples("kws12", "train", unknown_fraction=None)
+    assert collections.Counter(e.label for e in everything)[UNKNOWN] == 8  # every bed and cat clip of the split
     sc35 = data.examples("sc35", "train")
     assert {e.label for e in sc35} == set(KEYWORDS + ["bed", "cat"])
+
+
+def test_each_noise_recording_goes_whole_to_one_split(tree):
+    """Silence heard in training (as _silence_ or mixed in by augmentation) must never be heard in validation or
+    test: every split's segments come from recordings of its own."""
+    data = SpeechCommands(tree)
+    splits = ("train", "validation", "test")
+    files = {s: {e.path for e in data.noise_segments(s)} for s in splits}
+    assert all(len(files[s]) == 1 for s in splits)  # three 12 s recordings, one each
+    for a, b in [("train", "validation"), ("train", "test"), ("validation", "test")]:
+        assert not files[a] & files[b]
+    assert sum(len(data.noise_segments(s)) for s in splits) == 36
+
+
+def noise_source(kind: int, rng, rate=16000) -> np.ndarray:
+    """One second of one of six noises that differ in spectral shape (not level)."""
+    white = rng.standard_normal(rate + 64)
+    if kind == 0:
+        x = white
+    elif kind == 1:  # brown-ish: integrated
+        x = np.cumsum(white) - np.convolve(np.cumsum(white), np.ones(64) / 64, "same")
+    elif kind == 2:  # high-passed
+        x = np.diff(white, 2)
+    elif kind == 3:  # mains hum and harmonics
+        t = np.arange(rate + 64) / rate
+        x = sum(np.sin(2 * np.pi * 50 * h * t + h) / h for h in range(1, 8)) + 0.01 * white
+    elif kind == 4:  # a band around 2 kHz
+        t = np.arange(rate + 64) / rate
+        x = np.convolve(white, np.hanning(16) * np.cos(2 * np.pi * 2000 * np.arange(16) / rate), "same")
+    else:  # a smoothed, low band
+        x = np.convolve(white, np.hanning(24), "same")
+    x = x[:rate]
+    return (x / np.abs(x).max() * 10 ** rng.uniform(-2, -0.5)).astype(np.float32)
+
+
+def test_noise_slices_without_source_names_are_grouped_by_sound(tmp_path):
+    """The subset's noise is 1 s slices named silence_N.wav: the source recording is not in the name."""
+    root = make_speech_commands(tmp_path / "sc", speakers=3, noise_files=0)
+    rng = np.random.default_rng(0)
+    (root / "_background_noise_").mkdir()
+    source_of = {}
+    for i, kind in enumerate(rng.permutation(np.repeat(np.arange(6), [20, 12, 10, 8, 8, 6]))):
+        path = root / "_background_noise_" / f"silence_{i}.wav"
+        sf.write(path, noise_source(int(kind), rng), 16000, subtype="PCM_16")
+        source_of[str(path)] = int(kind)
+    data = SpeechCommands(root)
+    split_of_source = collections.defaultdict(set)
+    for split in ("train", "validation", "test"):
+        for e in data.noise_segments(split):
+            split_of_source[source_of[e.path]].add(split)
+    assert all(len(splits) == 1 for splits in split_of_source.values()), dict(split_of_source)
+    assert {s for splits in split_of_source.values() for s in splits} == {"train", "validation", "test"}
+
+
+def test_flac_clips_and_several_roots_join(tmp_path):
+    wav = make_speech_commands(tmp_path / "a", speakers=4)
+    flac = make_speech_commands(tmp_path / "b", speakers=4, suffix=".flac", first_speaker=10, noise_files=0, seed=1)
+    both = SpeechCommands([wav, flac])
+    alone = {root: SpeechCommands(root) for root in (wav, flac)}
+    for split in ("train", "validation", "test"):
+        assert sorted(both.word_clips(split)) == sorted(alone[wav].word_clips(split) + alone[flac].word_clips(split))
+        assert both.noise_segments(split) == alone[wav].noise_segments(split)  # noise from the root that has it
+    assert all(p.endswith(".flac") for p, _ in alone[flac].word_clips("test"))
+    split = load_split(both, "kws12", "test", cache_dir=tmp_path / "cache", log=lambda *a: None)
+    row = split.paths.index(str(flac / "yes/0000000b_nohash_0.flac"))
+    samples, _ = sf.read(flac / "yes/0000000b_nohash_0.flac", dtype="int16")
+    np.testing.assert_array_equal(split.audio[row, : len(samples)], samples)
+    with pytest.raises(DataError, match="given twice"):
+        SpeechCommands([wav, tmp_path / "a"])
+
+
+def test_real_subset_and_more_keep_each_speaker_in_one_split():
+    roots = [SHARED / "speech_commands_subset", SHARED / "speech_commands_more"]
+    if not all(r.is_dir() for r in roots):
+        pytest.skip(f"{roots} not present")
+    data = SpeechCommands(roots)
+    split_of_speaker = collections.defaultdict(set)
+    for split in ("train", "validation", "test"):
+        for path, _ in data.word_clips(split):
+            split_of_speaker[Path(path).name.split("_nohash_")[0]].add(split)
+    assert len(split_of_speaker) > 1800
+    assert all(len(s) == 1 for s in split_of_speaker.values())
+    assert sum(p.endswith(".flac") for p, _ in data.word_clips("train")) > 6000
 
 
 def test_real_subset_layout_reads():
@@ -81,7 +164,7 @@ def test_empty_label_folder_is_a_counted_warning(tree):
     (tree / "wow").mkdir()
     data = SpeechCommands(tree)
     assert "wow" not in data.words
-    assert any("wow: label folder with no .wav clips" in w for w in data.warnings)
+    assert any("wow: label folder with no .wav or .flac clips" in w for w in data.warnings)
 
 
 def test_bad_clips_are_skipped_counted_and_named(tree, tmp_path):
@@ -97,9 +180,9 @@ def test_bad_clips_are_skipped_counted_and_named(tree, tmp_path):
     data = SpeechCommands(tree)
     split = load_split(data, "kws12", "train", cache_dir=tmp_path / "cache", log=lambda *a: None)
     skipped = {s["path"]: s["reason"] for s in split.skipped}
-    assert set(skipped) == {"yes/empty_nohash_0.wav", "no/text_nohash_0.wav", "up/trunc_nohash_0.wav",
-                            "down/zero_nohash_0.wav"}
-    assert "contains no samples" in skipped["down/zero_nohash_0.wav"]
+    assert set(skipped) == {str(tree / p) for p in ["yes/empty_nohash_0.wav", "no/text_nohash_0.wav",
+                                                     "up/trunc_nohash_0.wav", "down/zero_nohash_0.wav"]}
+    assert "contains no samples" in skipped[str(tree / "down/zero_nohash_0.wav")]
     assert all(str(tree) in reason for reason in skipped.values())
     assert len(split) == len(data.examples("kws12", "train")) - 4  # every good clip is still there
 
@@ -171,5 +254,18 @@ def test_augmentation_is_seeded_and_does_what_it_says():
     added = (noisy[0] - x[0]).square().mean()
     assert torch.isclose(10 * torch.log10(signal_power / added), torch.tensor(10.0), atol=0.01)
     assert torch.equal(noisy[2], x[2])  # silence examples get no extra noise
-    fast = Augmenter.change_speed(torch.arange(10.0)[None], torch.tensor([2.0]))
-    assert fast[0].tolist() == [0, 2, 4, 6, 8, 0, 0, 0, 0, 0]
+
+
+
+def test_speed_perturbation_is_band_limited():
+    rate = 16000
+    t = torch.arange(rate) / rate
+    x = torch.stack([torch.sin(2 * torch.pi * 1000 * t), torch.sin(2 * torch.pi * 7900 * t)])
+    fast = Augmenter.change_speed(x, torch.tensor([1.1, 1.1]))
+    spectrum = torch.fft.rfft(fast[:, :14000] * torch.hann_window(14000)).abs()  # the part that still holds sound
+    freqs = torch.fft.rfftfreq(14000, 1 / rate)
+    assert abs(freqs[spectrum[0].argmax()] - 1100) < 2  # 1.1x faster is 1.1x higher
+    # 7.9 kHz played 1.1x faster is 8.69 kHz, above the Nyquist frequency: it must be filtered out, not folded back
+    # to 7.31 kHz (linear interpolation kept it at 40% of the in-band tone's peak).
+    assert spectrum[1].max() < 0.05 * spectrum[0].max()
+    assert fast.shape == x.shape and not fast[:, 14600:].any()  # 1 s / 1.1 of sound, then zeros

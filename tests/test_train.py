@@ -47,7 +47,7 @@ def test_unreadable_clips_are_skipped_and_listed(tmp_path):
     (tree / "yes" / "broken_nohash_0.wav").write_text("not audio")
     out = train(tiny_config(tree, tmp_path / "run", tmp_path / "cache", epochs=1), log=lambda *a: None)
     skipped = json.loads((out / "skipped.json").read_text())
-    assert [s["path"] for s in skipped] == ["yes/broken_nohash_0.wav"]
+    assert [s["path"] for s in skipped] == [str(tree / "yes" / "broken_nohash_0.wav")]
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["skipped_clips"] == 1
 
 
@@ -121,3 +121,32 @@ def test_killed_run_resumes_to_the_same_weights(tree, tmp_path):
     for key in model_keys:
         assert torch.equal(final[key], expected[key]), key
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_class_weights_make_every_class_count_alike():
+    from mrconv_audio.train import class_weights
+
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10).numpy()
+    weights = class_weights(labels, 4)
+    per_class = weights[:3] * torch.tensor([60.0, 30.0, 10.0])
+    torch.testing.assert_close(per_class, torch.full((3,), per_class[0].item()))  # each class's total weight alike
+    assert weights[3] == 0 and abs(float(weights[labels].mean()) - 1) < 1e-6  # average example weighs 1
+
+
+def test_training_balances_classes_and_hears_every_unknown_word(tree, tmp_path, monkeypatch):
+    import mrconv_audio.train as training
+
+    seen = {}
+    real_cross_entropy = training.F.cross_entropy
+
+    def spy(logits, target, weight=None):
+        seen["weight"] = weight
+        return real_cross_entropy(logits, target, weight=weight)
+
+    monkeypatch.setattr(training.F, "cross_entropy", spy)
+    messages = []
+    train(tiny_config(tree, tmp_path / "run", tmp_path / "cache", epochs=1), log=messages.append)
+    # 8 speakers, 6 train: 60 keyword clips, 12 bed/cat clips (all _unknown_), ceil(10%) = 6 silence segments.
+    assert any("78 clips" in m for m in messages)
+    weights = seen["weight"]
+    assert weights is not None and weights[-1] * 12 == pytest.approx(weights[0] * 6) and weights[-2] == weights[0]

@@ -20,7 +20,7 @@ from ..atomic import atomic_write
 from .audio import AudioError, fit_length, load_audio, resample
 from .speech_commands import LIST_FILES, Example, SpeechCommands, task_labels
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -55,14 +55,15 @@ class CachedSplit:
 
 def _fingerprint(dataset: SpeechCommands, examples: list[Example], extra: dict) -> str:
     h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **extra}, sort_keys=True).encode())
-    for name in LIST_FILES.values():
-        st = (dataset.root / name).stat()
-        h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for root in dataset.roots:
+        for name in LIST_FILES.values():
+            st = (root / name).stat()
+            h.update(f"{root / name}:{st.st_size}:{st.st_mtime_ns}".encode())
     seen = {}
     for ex in examples:
         if ex.path not in seen:
             try:
-                st = (dataset.root / ex.path).stat()
+                st = Path(ex.path).stat()
                 seen[ex.path] = f"{st.st_size}:{st.st_mtime_ns}"
             except OSError:
                 seen[ex.path] = "missing"
@@ -70,16 +71,16 @@ def _fingerprint(dataset: SpeechCommands, examples: list[Example], extra: dict) 
     return h.hexdigest()[:20]
 
 
-def read_example(root: Path, ex: Example, sample_rate: int, length: int) -> np.ndarray:
+def read_example(ex: Example, sample_rate: int, length: int) -> np.ndarray:
     """One example as float32 at `sample_rate`, exactly `length` samples."""
     if ex.frames > 0:  # a segment of a longer file
         try:
-            data, rate = sf.read(str(root / ex.path), start=ex.offset, frames=ex.frames, dtype="float32", always_2d=True)
+            data, rate = sf.read(ex.path, start=ex.offset, frames=ex.frames, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
-            raise AudioError(f"{root / ex.path}: not a readable audio file ({e})") from None
+            raise AudioError(f"{ex.path}: not a readable audio file ({e})") from None
         x = data.mean(axis=1)
     else:
-        x, rate = load_audio(root / ex.path)
+        x, rate = load_audio(ex.path)
     return fit_length(resample(torch.from_numpy(np.ascontiguousarray(x)), rate, sample_rate), length).numpy()
 
 
@@ -93,12 +94,14 @@ def load_split(
     seed: int = 0,
     log=print,
     silence_fraction: float = 0.1,
+    unknown_fraction: float | None = 0.1,
 ) -> CachedSplit:
     labels = task_labels(task)
-    examples = dataset.examples(task, split, seed=seed, silence_fraction=silence_fraction)
+    examples = dataset.examples(task, split, seed=seed, silence_fraction=silence_fraction,
+                                unknown_fraction=unknown_fraction)
     length = round(sample_rate * clip_seconds)
-    extra = {"root": str(dataset.root.resolve()), "task": task, "split": split, "rate": sample_rate,
-             "length": length, "seed": seed, "silence_fraction": silence_fraction}
+    extra = {"roots": [str(r.resolve()) for r in dataset.roots], "task": task, "split": split, "rate": sample_rate,
+             "length": length, "seed": seed, "silence_fraction": silence_fraction, "unknown_fraction": unknown_fraction}
     key = _fingerprint(dataset, examples, extra)
     folder = Path(cache_dir or default_cache_dir())
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,18 +109,18 @@ def load_split(
     index_path, audio_path = stem.with_suffix(".json"), stem.with_suffix(".npy")
     if not (index_path.is_file() and audio_path.is_file()):
         log(f"caching {task}/{split} at {sample_rate} Hz: {len(examples)} examples -> {audio_path}")
-        _build(dataset.root, examples, labels, sample_rate, length, index_path, audio_path)
+        _build(examples, labels, sample_rate, length, index_path, audio_path)
     index = json.loads(index_path.read_text())
     audio = np.load(audio_path, mmap_mode="r")
     return CachedSplit(audio, np.asarray(index["labels"], dtype=np.int64), labels, index["paths"],
                        index["skipped"], sample_rate)
 
 
-def _build(root, examples, labels, sample_rate, length, index_path: Path, audio_path: Path) -> None:
+def _build(examples, labels, sample_rate, length, index_path: Path, audio_path: Path) -> None:
     rows, kept, skipped = [], [], []
     for ex in examples:
         try:
-            x = read_example(root, ex, sample_rate, length)
+            x = read_example(ex, sample_rate, length)
         except AudioError as e:
             skipped.append({"path": ex.path, "reason": str(e)})
             continue

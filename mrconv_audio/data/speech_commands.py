@@ -1,10 +1,12 @@
-"""A local Speech Commands root in the release's layout, and the sc35 / kws12 tasks built from it.
+"""Local Speech Commands roots in the release's layout, and the sc35 / kws12 tasks built from them.
 
-    <root>/<word>/<speaker>_nohash_<n>.wav      one folder per word
-    <root>/_background_noise_/*.wav              noise: cut into 1 s segments for the _silence_ class
-    <root>/validation_list.txt, testing_list.txt  the split lists; every clip not listed is training
+    <root>/<word>/<speaker>_nohash_<n>.wav|.flac   one folder per word
+    <root>/_background_noise_/*.wav                noise recordings (or 1 s slices of them): the _silence_ class
+    <root>/validation_list.txt, testing_list.txt    the split lists; every clip not listed is training
 
-Versions v0.02 (35 words) and v0.01 (30 words) share the layout.
+Several roots can be read as one (e.g. the subset and the extra speakers): their splits are joined, each clip keeps
+its root's split, and background noise comes from every root that has some. Versions v0.02 (35 words) and v0.01
+(30 words) share the layout.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from ..model import SC35_LABELS
@@ -24,7 +27,11 @@ NOISE_FOLDER = "_background_noise_"
 TASKS = {"sc35": list(SC35_LABELS), "kws12": KWS_WORDS + [SILENCE, UNKNOWN]}
 SPLITS = ("train", "validation", "test")
 LIST_FILES = {"validation": "validation_list.txt", "test": "testing_list.txt"}
+AUDIO_SUFFIXES = (".wav", ".flac")
 V2_ONLY_WORDS = {"backward", "follow", "forward", "learn", "visual"}
+# The release's background noise is 6 recordings (dishes, cat, exercise bike, pink and white noise, running tap).
+NOISE_RECORDINGS = 6
+LONG_NOISE_SECONDS = 2.0  # a noise file longer than this is a recording of its own; shorter ones are slices
 
 
 class DataError(ValueError):
@@ -33,7 +40,7 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Example:
-    path: str  # relative to the root, e.g. "yes/0a7c2a8d_nohash_0.wav"
+    path: str  # the file, e.g. "/data/sc/yes/0a7c2a8d_nohash_0.wav"
     label: str  # the task's class name
     offset: int = 0  # first sample to read (noise segments); clips start at 0
     frames: int = -1  # samples to read; -1 = the whole file
@@ -51,74 +58,139 @@ def read_list(path: Path) -> list[str]:
         raise DataError(f"{path}: missing (a Speech Commands root holds {' and '.join(LIST_FILES.values())})")
     entries = [line.strip().replace("\\", "/") for line in path.read_text().splitlines() if line.strip()]
     for entry in entries:
-        if not entry.endswith(".wav") or entry.count("/") != 1:
-            raise DataError(f"{path}: entry {entry!r} is not of the form <word>/<file>.wav")
+        if not entry.endswith(AUDIO_SUFFIXES) or entry.count("/") != 1:
+            raise DataError(f"{path}: entry {entry!r} is not of the form <word>/<file>.wav (or .flac)")
     return entries
 
 
-def _noise_split(name: str, index: int) -> str:
-    """Stable 80/10/10 split of background-noise segments (the lists don't cover them)."""
-    bucket = zlib.crc32(f"{name}:{index}".encode()) % 10
-    return "validation" if bucket == 0 else "test" if bucket == 1 else "train"
+def _spectral_shape(path: Path) -> np.ndarray:
+    """Mean log power spectrum of a noise file, level removed: what tells one noise recording from another."""
+    x, _ = sf.read(str(path), dtype="float32", always_2d=True)
+    x = x.mean(axis=1)
+    frames = x[: len(x) // 400 * 400].reshape(-1, 400) * np.hanning(400)
+    shape = np.log(np.square(np.abs(np.fft.rfft(frames, axis=1))).mean(0) + 1e-10)
+    return shape - shape.mean()
+
+
+def group_by_shape(shapes: np.ndarray, groups: int, iterations: int = 50) -> np.ndarray:
+    """Deterministic k-means (farthest-point start from row 0): a group index per row."""
+    centres = [shapes[0]]
+    while len(centres) < min(groups, len(shapes)):
+        distance = np.min([np.square(shapes - c).sum(1) for c in centres], axis=0)
+        centres.append(shapes[int(np.argmax(distance))])
+    centres = np.stack(centres)
+    for _ in range(iterations):
+        assign = np.argmin(np.square(shapes[:, None] - centres[None]).sum(-1), axis=1)
+        moved = np.stack([shapes[assign == g].mean(0) if (assign == g).any() else centres[g]
+                          for g in range(len(centres))])
+        if np.allclose(moved, centres):
+            break
+        centres = moved
+    return assign
+
+
+def assign_sources(sizes: dict[str, int]) -> dict[str, str]:
+    """Give each noise source (a recording) to one split: the two whose sizes are nearest 10% of all the noise go to
+    validation and test, the rest train. Ties by name."""
+    if len(sizes) < 3:
+        return {name: "train" for name in sizes}
+    target = 0.1 * sum(sizes.values())
+    order = sorted(sizes, key=lambda name: (abs(sizes[name] - target), name))
+    return {name: "validation" if name == order[0] else "test" if name == order[1] else "train" for name in sizes}
 
 
 class SpeechCommands:
-    def __init__(self, root):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: no such Speech Commands folder")
-        self.lists = {split: set(read_list(self.root / name)) for split, name in LIST_FILES.items()}
+    def __init__(self, roots):
+        roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+        if not roots:
+            raise DataError("no Speech Commands folder given")
+        self.roots = [Path(r) for r in roots]
+        if len({r.resolve() for r in self.roots}) < len(self.roots):
+            raise DataError(f"the same Speech Commands folder is given twice: {[str(r) for r in self.roots]}")
         self.warnings: list[str] = []
-        self.clips: dict[str, list[str]] = {}  # word -> sorted relative paths
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != NOISE_FOLDER):
-            if folder.name.startswith("."):
-                continue
-            wavs = sorted(f"{folder.name}/{f.name}" for f in folder.glob("*.wav"))
-            if wavs:
-                self.clips[folder.name] = wavs
-            else:
-                self.warnings.append(f"{folder}: label folder with no .wav clips, skipped")
-        if not self.clips:
-            raise DataError(f"{self.root}: no <word>/*.wav clips found")
+        self.clips: dict[str, list[str]] = {}  # word -> sorted file paths (every root)
+        self._split: dict[str, str] = {}  # file path -> validation | test (the rest train)
+        for root in self.roots:
+            if not root.is_dir():
+                raise DataError(f"{root}: no such Speech Commands folder")
+            for split, name in LIST_FILES.items():
+                self._split.update({str(root / entry): split for entry in read_list(root / name)})
+            found = False
+            for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != NOISE_FOLDER):
+                if folder.name.startswith("."):
+                    continue
+                files = sorted(str(f) for f in folder.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES)
+                if files:
+                    self.clips.setdefault(folder.name, []).extend(files)
+                    found = True
+                else:
+                    self.warnings.append(f"{folder}: label folder with no .wav or .flac clips, skipped")
+            if not found:
+                raise DataError(f"{root}: no <word>/*.wav or <word>/*.flac clips found")
         self.version = "0.02" if V2_ONLY_WORDS & set(self.clips) else "0.01"
+        self._noise: dict[str, list[Example]] | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.roots[0]
 
     @property
     def words(self) -> list[str]:
         return sorted(self.clips)
 
-    def split_of(self, relpath: str) -> str:
-        for split, entries in self.lists.items():
-            if relpath in entries:
-                return split
-        return "train"
+    def split_of(self, path: str) -> str:
+        return self._split.get(str(path), "train")
 
     def word_clips(self, split: str) -> list[tuple[str, str]]:
-        """(relative path, word) for every clip of a split."""
+        """(file path, word) for every clip of a split."""
         _check_split(split)
-        return [(p, word) for word, paths in self.clips.items() for p in paths if self.split_of(p) == split]
+        return [(p, word) for word, paths in sorted(self.clips.items()) for p in paths if self.split_of(p) == split]
 
-    def noise_segments(self, split: str, seconds: float = 1.0) -> list[Example]:
-        """1 s segments of the background-noise files that fall in `split`, labelled _silence_."""
+    def noise_segments(self, split: str) -> list[Example]:
+        """1 s segments of the background noise whose source recording belongs to `split`, labelled _silence_.
+
+        A source recording's segments all go to one split, so no noise heard in training (as _silence_ or as
+        augmentation) is heard again in validation or test. Long files are recordings; 1 s slices (as in the
+        subset) carry no source name, so they are grouped into NOISE_RECORDINGS sources by spectral shape.
+        """
         _check_split(split)
-        segments = []
-        for path in sorted((self.root / NOISE_FOLDER).glob("*.wav")):
-            try:
-                info = sf.info(str(path))
-            except (sf.LibsndfileError, RuntimeError) as e:
-                self.warnings.append(f"{path}: unreadable background noise, skipped ({e})")
-                continue
-            length = round(seconds * info.samplerate)
-            for index in range(max(info.frames // length, 1 if info.frames > 0 else 0)):
-                if _noise_split(path.name, index) == split:
-                    segments.append(Example(f"{NOISE_FOLDER}/{path.name}", SILENCE, index * length, length))
-        return segments
+        if self._noise is None:
+            self._noise = self._split_noise()
+        return list(self._noise[split])
 
-    def examples(self, task: str, split: str, seed: int = 0, silence_fraction=0.1, unknown_fraction=0.1) -> list[Example]:
+    def _split_noise(self) -> dict[str, list[Example]]:
+        segments: dict[str, list[Example]] = {}  # source -> its segments
+        slices: list[tuple[Path, int]] = []
+        for root in self.roots:
+            for path in sorted((root / NOISE_FOLDER).glob("*.wav")):
+                try:
+                    info = sf.info(str(path))
+                except (sf.LibsndfileError, RuntimeError) as e:
+                    self.warnings.append(f"{path}: unreadable background noise, skipped ({e})")
+                    continue
+                length = info.samplerate  # 1 s segments
+                if info.frames > LONG_NOISE_SECONDS * info.samplerate:
+                    segments[str(path)] = [Example(str(path), SILENCE, i * length, length)
+                                           for i in range(info.frames // length)]
+                elif info.frames > 0:
+                    slices.append((path, min(info.frames, length)))
+        if slices:
+            groups = group_by_shape(np.stack([_spectral_shape(p) for p, _ in slices]), NOISE_RECORDINGS)
+            for (path, frames), group in zip(slices, groups):
+                segments.setdefault(f"slices-{group}", []).append(Example(str(path), SILENCE, 0, frames))
+        splits = assign_sources({source: len(segs) for source, segs in segments.items()})
+        noise = {split: [] for split in SPLITS}
+        for source, segs in sorted(segments.items()):
+            noise[splits[source]].extend(segs)
+        return noise
+
+    def examples(self, task: str, split: str, seed: int = 0, silence_fraction=0.1,
+                 unknown_fraction: float | None = 0.1) -> list[Example]:
         """The examples of a task's split, in a fixed order.
 
         sc35: every clip of the 35 words. kws12: every clip of the 10 keywords, plus _unknown_ clips drawn from the
         other words and _silence_ segments of background noise, each about 10% of the keyword count (the customary
-        balance of TensorFlow's speech_commands recipe).
+        balance of TensorFlow's speech_commands recipe); unknown_fraction=None takes every other-word clip.
         """
         labels = task_labels(task)
         clips = self.word_clips(split)
@@ -128,7 +200,7 @@ class SpeechCommands:
         keywords = [Example(p, w) for p, w in clips if w in KWS_WORDS]
         others = [Example(p, UNKNOWN) for p, w in clips if w not in KWS_WORDS]
         rng.shuffle(others)
-        unknown = others[: math.ceil(unknown_fraction * len(keywords))]
+        unknown = others if unknown_fraction is None else others[: math.ceil(unknown_fraction * len(keywords))]
         silence = []
         noise = self.noise_segments(split)
         if noise:
@@ -136,7 +208,8 @@ class SpeechCommands:
             n_silence = math.ceil(silence_fraction * len(keywords))
             silence = [noise[i % len(noise)] for i in range(n_silence)]
         elif silence_fraction > 0:
-            self.warnings.append(f"{self.root / NOISE_FOLDER}: no background noise for the {split} split's _silence_")
+            self.warnings.append(f"{', '.join(str(r / NOISE_FOLDER) for r in self.roots)}: no background noise "
+                                 f"for the {split} split's _silence_")
         return keywords + unknown + silence
 
 
