@@ -1,3 +1,4 @@
+import json
 import math
 from dataclasses import replace
 from types import SimpleNamespace
@@ -5,10 +6,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from mrconv_audio.cli import main
 from mrconv_audio.data.cache import CachedSplit
 from mrconv_audio.stream_eval import (Event, build_stream, evaluate_stream, loud_span, operating_point, record, replay,
                                       score)
 from mrconv_audio.streaming import KeywordSpotter, StreamConfig
+from speech_tree import make_speech_commands
 from tone_model import HIGH_HZ, LOW_HZ, ToneModel
 
 RATE = 16000
@@ -194,3 +197,33 @@ def test_scoring_edges_and_the_operating_point():
     assert operating_point(curve).threshold == 0.6  # lowest miss with <= 2 FA/h; tie -> fewer FA/h
     assert operating_point(curve, max_fa_per_hour=0.5).threshold == 0.7
     assert operating_point(curve[:1]) is None
+
+
+def test_evaluate_stream_cli_on_a_speech_commands_tree(tmp_path, capsys):
+    tree = make_speech_commands(tmp_path / "sc", speakers=3)
+    out, plot = tmp_path / "stream.json", tmp_path / "stream.png"
+    rc = main(["evaluate", "--stream", "--data-root", str(tree), "--split", "test", "--minutes", "0.1",
+               "--hop", "0.25", "--threshold", "0.5", "--seed", "1", "--json", str(out), "--plot", str(plot),
+               "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["task"] == "kws12" and result["split"] == "test" and result["data_root"] == [str(tree)]
+    assert result["model"].endswith("kws12-mrconv")
+    stream = result["stream"]
+    assert 6 <= stream["seconds"] <= 6 + 1 + 3 + 1 + 1e-6 and stream["seed"] == 1 and stream["minutes"] == 0.1
+    at = result["at_threshold"]
+    assert at["threshold"] == 0.5 and at["keyword_events"] == stream["clips"].get("keyword", 0) >= 1
+    assert at["hits"] + at["misses"] == at["keyword_events"] and at["false_accepts"] == sum(at["fa_by_context"].values())
+    assert math.isclose(at["fa_per_hour"], at["false_accepts"] / stream["hours"])
+    assert len(result["curve"]) == 70 and result["curve"][0]["threshold"] == 0.3
+    assert set(result["curve"][0]) == {"threshold", "fa_per_hour", "miss_rate", "false_accepts", "misses"}
+    assert result["engine"]["hop_seconds"] == 0.25 and result["engine"]["threshold"] == 0.5
+    assert result["target"] == {"max_fa_per_hour": 2.0, "max_miss_rate": 0.1, "met": result["target"]["met"]}
+    assert "operating_point" in result and "tolerance_seconds" in result
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert "FA/h" in capsys.readouterr().out
+
+
+def test_stream_needs_a_data_root(tmp_path, capsys):
+    assert main(["evaluate", "--stream", "--folder", str(tmp_path)]) == 2
+    assert "--stream needs --data-root" in capsys.readouterr().err
