@@ -11,9 +11,10 @@
 
 Scoring: a keyword event is hit by the first detection of its label whose time (the loudest moment of the window
 that fired) lies within its loud span widened by `tolerance` seconds each side (a detection within reach of two
-such events takes the one whose widened span ends first). Every other detection is a false accept, counted under what was playing at its time: "other_keyword" or "same_keyword" (a keyword event's
-widened span or clip; same_keyword is a repeat or a late detection of that word), "unknown", "silence" (a
-_silence_/noise clip), or "gap" (only the background).
+such events takes the one whose widened span ends first). Every other detection is a false accept, counted under
+what was playing at its time: "other_keyword" or "same_keyword" when it is within a keyword event's widened span or
+clip (same_keyword: a repeat, or the word found outside the tolerance), "unknown" (an _unknown_ word's clip),
+"silence" (a _silence_/noise clip), or "gap" (only the background).
 """
 from __future__ import annotations
 
