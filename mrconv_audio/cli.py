@@ -77,6 +77,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    if args.stream:
+        from .stream_eval import run_stream_evaluation
+
+        run_stream_evaluation(args, load_model(args.model))
+        return 0
     from .evaluate import run_evaluation
 
     run_evaluation(args)
@@ -182,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune: start from this saved model (branch form, same task and rate); --preset is ignored")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="accuracy at many sample rates, kernel vs input resampling")
+    p = sub.add_parser("evaluate", help="accuracy at many sample rates, kernel vs input resampling; or, with "
+                                        "--stream, false accepts per hour and miss rate on a long stream")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-root", action="append", help="Speech Commands root (with --split); repeatable")
@@ -197,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cache-dir")
     p.add_argument("--device", default="auto")
+    stream = p.add_argument_group("streaming (--stream)")
+    stream.add_argument("--stream", action="store_true",
+                        help="the split as one long stream through the live engine: FA/h and miss rate over thresholds")
+    stream.add_argument("--minutes", type=float, help="stream length (default: every clip of the split once)")
+    stream.add_argument("--hop", type=float, default=0.25, help="seconds between classifications")
+    stream.add_argument("--threshold", type=float, default=0.6, help="the configured threshold to report")
+    stream.add_argument("--seed", type=int, default=0, help="order, gaps and levels of the stream's clips")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("listen", help="live keyword spotting from a microphone")

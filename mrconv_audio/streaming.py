@@ -1,6 +1,8 @@
 """Streaming keyword spotting: a ring buffer of the model's window, classified every hop (no UI here).
 
     KeywordSpotter      synchronous core: feed samples, get one HopResult per completed hop
+    Decider             its decision (thresholds, gate, refractory, one sound one detection), replayable apart
+                        from the model
     StreamWorker        the real-time part: an audio callback pushes blocks into a bounded queue (never blocks),
                         a worker thread runs the spotter; overflow is counted, not fatal
 
@@ -77,6 +79,48 @@ class HopResult:
         return [(labels[i], float(self.probabilities[i])) for i in order]
 
 
+class Decider:
+    """The engine's decision, apart from the model: per-class thresholds on the smoothed probabilities, the energy
+    gate, the refractory period and one-sound-one-detection. Holds that state, so the same decisions can be replayed
+    over recorded hops at other thresholds (stream_eval) without running the model again."""
+
+    def __init__(self, labels: list[str], config: StreamConfig):
+        self.cfg = config
+        self.labels = list(labels)
+        unknown = set(config.thresholds) - set(self.labels)
+        if unknown:
+            raise ValueError(f"thresholds for classes the model does not have: {sorted(unknown)}")
+        self.fire_mask = np.array([label not in config.ignore for label in self.labels])
+        self.thresholds = np.array([config.thresholds.get(label, config.threshold) for label in self.labels])
+        self.reset()
+
+    def reset(self) -> None:
+        self.last_fired: dict[str, float] = {}
+        self.last_word_time = -math.inf  # stream time of the last detection's word
+
+    def gated(self, level_dbfs: float) -> bool:
+        return level_dbfs < self.cfg.energy_gate_dbfs
+
+    def decide(self, probs: np.ndarray, end_time: float, level_dbfs: float, word_time, latency_ms: float = 0.0):
+        """The Detection this hop fires, or None. `word_time()` gives the window's loudest moment; it is only called
+        for a detection the refractory period allows (the live engine computes it then)."""
+        if self.gated(level_dbfs):
+            return None
+        candidates = np.flatnonzero(self.fire_mask & (probs >= self.thresholds))
+        if not len(candidates):
+            return None
+        best = int(candidates[np.argmax(probs[candidates])])
+        label = self.labels[best]
+        if end_time - self.last_fired.get(label, -math.inf) < self.cfg.refractory_seconds:
+            return None
+        when = word_time()
+        if when - self.last_word_time < self.cfg.same_word_seconds:
+            return None
+        self.last_fired[label] = end_time
+        self.last_word_time = when
+        return Detection(label, float(probs[best]), when, latency_ms)
+
+
 class KeywordSpotter:
     """Synchronous streaming classifier. `push(samples)` -> results for every hop completed by those samples."""
 
@@ -87,9 +131,7 @@ class KeywordSpotter:
             model.reparameterize()  # one FFT convolution per layer
         self.model = model.to(self.device).eval()
         self.labels = list(model.labels)
-        unknown = set(self.cfg.thresholds) - set(self.labels)
-        if unknown:
-            raise ValueError(f"thresholds for classes the model does not have: {sorted(unknown)}")
+        self.decider = Decider(self.labels, self.cfg)
         self.sample_rate = int(sample_rate)
         self.model_rate = model.config.sample_rate
         self.window = model.max_samples(self.sample_rate)  # the model's window, in samples at the input's rate
@@ -98,18 +140,13 @@ class KeywordSpotter:
         self.pending = np.zeros(0, dtype=np.float32)  # samples received since the last hop
         self.samples_seen = 0  # samples that have entered the buffer
         self.recent = deque(maxlen=self.cfg.smoothing)
-        self.last_fired: dict[str, float] = {}
-        self.last_word_time = -math.inf  # stream time of the last detection's word
-        self.fire_mask = np.array([label not in self.cfg.ignore for label in self.labels])
-        self.thresholds = np.array([self.cfg.thresholds.get(label, self.cfg.threshold) for label in self.labels])
 
     def reset(self) -> None:
         self.buffer[:] = 0
         self.pending = np.zeros(0, dtype=np.float32)
         self.samples_seen = 0
         self.recent.clear()
-        self.last_fired.clear()
-        self.last_word_time = -math.inf
+        self.decider.reset()
 
     @staticmethod
     def mono(samples: np.ndarray) -> np.ndarray:
@@ -146,21 +183,12 @@ class KeywordSpotter:
         latency_ms = (time.perf_counter() - start) * 1e3
         end_time = self.samples_seen / self.sample_rate
         level = rms_dbfs(self.buffer)
-        result = HopResult(end_time, probs, latency_ms, level, gated=level < self.cfg.energy_gate_dbfs)
-        if not result.gated:
-            candidates = np.flatnonzero(self.fire_mask & (probs >= self.thresholds))
-            if len(candidates):
-                best = int(candidates[np.argmax(probs[candidates])])
-                label = self.labels[best]
-                if end_time - self.last_fired.get(label, -math.inf) >= self.cfg.refractory_seconds:
-                    word_time = self._loudest_time(end_time)
-                    if word_time - self.last_word_time >= self.cfg.same_word_seconds:
-                        self.last_fired[label] = end_time
-                        self.last_word_time = word_time
-                        result.detection = Detection(label, float(probs[best]), word_time, latency_ms)
+        result = HopResult(end_time, probs, latency_ms, level, gated=self.decider.gated(level))
+        word_time = lambda: self.loudest_time(end_time)  # noqa: E731 - only looked up when the refractory allows
+        result.detection = self.decider.decide(probs, end_time, level, word_time, latency_ms)
         return result
 
-    def _loudest_time(self, end_time: float) -> float:
+    def loudest_time(self, end_time: float) -> float:
         """Stream time of the window's loudest 50 ms: where the word most likely is."""
         frame = max(1, self.sample_rate // 20)
         n = len(self.buffer) // frame
