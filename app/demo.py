@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from mrconv_audio.data.audio import AudioError, fit_length, load_audio
-from mrconv_audio.model import MAX_RATE_RATIO, MIN_RATE_RATIO
 from mrconv_audio.streaming import KeywordSpotter, StreamConfig, rms_dbfs
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -45,8 +44,8 @@ class ClipAnalyzer:
         self.labels = list(model.labels)
         self.top_k = min(top_k, len(self.labels))
         # The rates the demo accepts: what the model can run at, within the 4-96 kHz that real audio comes at.
-        self.rate_range = (max(4000, model.config.sample_rate * MIN_RATE_RATIO),
-                           min(96000, model.config.sample_rate * MAX_RATE_RATIO))
+        low, high = model.rate_range()
+        self.rate_range = (max(4000, low), min(96000, high))
 
     def read(self, path) -> tuple[np.ndarray, int]:
         if path is None:
@@ -129,7 +128,8 @@ def waveform_figure(x: np.ndarray, rate: int):
 
 
 def kernel_figure(model):
-    """The merged kernel of every layer (a few channels), lag in ms (negative: anti-causal)."""
+    """The merged kernel of every layer (a few channels), lag in ms (negative: anti-causal). A log-mel model's kernels
+    run over frames (frame_rate per second), a waveform model's over samples."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,7 +137,8 @@ def kernel_figure(model):
 
     blocks = model.blocks
     fig, axes = plt.subplots(len(blocks), 1, figsize=(8, 1.6 * len(blocks)), squeeze=False)
-    rate = model.config.sample_rate
+    cfg = model.config
+    rate = cfg.frame_rate if cfg.frontend == "logmel" else cfg.sample_rate  # kernel taps per second
     for i, (ax, block) in enumerate(zip(axes[:, 0], blocks)):
         with torch.no_grad():
             k = block.conv.merged_kernel().float().cpu()  # (directions, H, taps)
