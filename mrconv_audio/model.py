@@ -205,14 +205,12 @@ class MRConvClassifier(nn.Module):
             x = x * (torch.arange(x.shape[1], device=x.device) < lengths[:, None].to(x.device))
         if cfg.frontend == "logmel":
             features = self.input_norm(self.frontend(x, rate))  # (B, n_mels, frames)
-            steps = torch.tensor([features.shape[-1]]) if lengths is None else torch.ceil(
-                lengths * (cfg.frame_rate / rate) - 1e-9).long()
             rate_ratio = 1  # the stack runs at the frame rate, whatever the audio's rate
         else:
             features = ((x - cfg.input_mean) * (0.2 / cfg.input_std))[:, None, :]  # (B, 1, T)
-            steps = lengths
         mask = None
         if lengths is not None:
+            steps = torch.ceil(lengths * (cfg.frame_rate / rate) - 1e-9).long() if cfg.frontend == "logmel" else lengths
             mask = (torch.arange(features.shape[-1], device=x.device) < steps[:, None].to(x.device))
             mask = mask.to(features.dtype)[:, None, :]  # (B, 1, T)
         h = self.encoder(features)  # (B, H, T)
