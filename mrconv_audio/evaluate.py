@@ -138,6 +138,9 @@ def plot_results(results: list[RateResult], path, title: str = "") -> None:
             ax.plot([p[0] / 1000 for p in pts], [100 * p[1] for p in pts], style, label=f"{mode} resampling")
     ax.set_xlabel("sample rate (kHz)")
     ax.set_ylabel("accuracy (%)")
+    low, high = ax.get_ylim()  # at least 10 points of axis: a 0.1-point wiggle must not look like a cliff
+    middle = (low + high) / 2
+    ax.set_ylim(min(low, middle - 5), max(high, middle + 5))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
