@@ -8,7 +8,6 @@ integer factors only) or by sinc resampling (torchaudio); `decimate` falls back 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path

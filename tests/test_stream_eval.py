@@ -4,7 +4,6 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 
 from mrconv_audio.cli import main
 from mrconv_audio.data.cache import CachedSplit

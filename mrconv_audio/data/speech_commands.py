@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import random
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
