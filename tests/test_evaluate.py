@@ -77,3 +77,19 @@ def test_evaluate_folder_at_native_rates_maps_unknown_words(model_dir, tmp_path)
 def test_evaluate_reports_a_missing_model_cleanly(tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "none"), "--folder", str(tmp_path)]) == 2
     assert "no such model folder" in capsys.readouterr().err
+
+
+def test_evaluate_cli_joins_several_roots(model_dir, tmp_path):
+    a = make_speech_commands(tmp_path / "a", speakers=3)
+    b = make_speech_commands(tmp_path / "b", speakers=3, suffix=".flac", first_speaker=7, noise_files=0, seed=1)
+    counts = {}
+    for name, roots in (("a", [a]), ("b", [b]), ("ab", [a, b])):
+        out = tmp_path / f"{name}.json"
+        args = [arg for root in roots for arg in ("--data-root", str(root))]
+        assert main(["evaluate", "--model", str(model_dir), *args, "--split", "test", "--rates", "16000",
+                     "--mode", "kernel", "--json", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+        result = json.loads(out.read_text())
+        assert result["data_root"] == [str(root) for root in roots]
+        counts[name] = result["results"][0]["n"]
+    # b has no noise of its own: the joined test split has a's silence, and b's words and unknown words too.
+    assert counts["ab"] > counts["a"] and counts["ab"] > counts["b"]
