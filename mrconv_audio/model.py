@@ -115,7 +115,8 @@ PRESETS: dict[str, dict] = {
     "small": dict(d_model=48, depth=3, branch_norm="rescale"),
     # Two rates: a log-mel front end at the audio's rate, then the paper's blocks (Fourier, bidirectional, BatchNorm
     # branches) over 100 frames per second. Sub-kernels of 8, 16, 32, 64 and 100 frames (80 ms to the whole second).
-    "logmel": dict(frontend="logmel", d_model=64, depth=6, l0=8, n_modes=4),
+    # Width 80 and dropout 0.05: the shipped model's (width 64 with dropout 0.1 under-fitted, 93.4% validation vs 94.3%).
+    "logmel": dict(frontend="logmel", d_model=80, depth=6, l0=8, n_modes=4, dropout=0.05),
 }
 
 
