@@ -1,6 +1,6 @@
 """MRConv and its peer side by side, measured in one run and the same way.
 
-    python benchmarks/compare.py --mrconv models/kws12-mrconv --peer runs/res8/best \
+    python benchmarks/compare.py --mrconv models/kws12-mrconv --peer benchmarks/peers/res8-kws12 \
         --data-root ../shared/data/speech_commands_subset --data-root ../shared/data/speech_commands_more \
         --json compare.json [--stream-minutes M]
 
