@@ -41,12 +41,17 @@ def mel_filterbank(n_mels: int, f_min: float, f_max: float, rate: float, n_fft: 
     return torch.clamp(torch.minimum(rising, falling), min=0).float()
 
 
+def frame_count(samples: int, rate: float, frame_rate: float) -> int:
+    """Frames of `samples` at `rate`: one per 1 / frame_rate seconds begun."""
+    return math.ceil(samples * frame_rate / rate - 1e-9)
+
+
 @functools.lru_cache(maxsize=64)
-def frame_layout(samples: int, rate: float, frame_rate: float, window: int) -> tuple[torch.Tensor, int]:
+def frame_layout(samples: int, rate: float, frame_rate: float, window: int) -> torch.Tensor:
     """Sample indices of every frame into the input padded by window // 2 on each side: (frames, window)."""
-    frames = math.ceil(samples * frame_rate / rate - 1e-9)
+    frames = frame_count(samples, rate, frame_rate)
     centres = torch.round(torch.arange(frames, dtype=torch.float64) * rate / frame_rate).long()
-    return centres[:, None] + torch.arange(window), frames
+    return centres[:, None] + torch.arange(window)
 
 
 class LogMel(nn.Module):
@@ -63,7 +68,7 @@ class LogMel(nn.Module):
         return 2 * self.f_max
 
     def frames(self, samples: int, rate: float) -> int:
-        return math.ceil(samples * self.frame_rate / rate - 1e-9)
+        return frame_count(samples, rate, self.frame_rate)
 
     def forward(self, x: torch.Tensor, rate: float) -> torch.Tensor:
         if rate < self.min_rate:
@@ -71,7 +76,7 @@ class LogMel(nn.Module):
                              f"expected at least {self.min_rate:g} Hz")
         window = round(self.window_seconds * rate)
         n_fft = round(2 * self.window_seconds * rate)  # bins 1 / (2 * window_seconds) Hz apart at every rate
-        index, _ = frame_layout(x.shape[-1], float(rate), float(self.frame_rate), window)
+        index = frame_layout(x.shape[-1], float(rate), float(self.frame_rate), window)
         padded = nn.functional.pad(x, (window // 2, window - window // 2))
         hann = torch.hann_window(window, periodic=True, dtype=x.dtype, device=x.device)  # sin^2 over the window
         frames = padded[:, index.to(x.device)] * hann  # (B, frames, window)

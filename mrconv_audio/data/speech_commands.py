@@ -130,10 +130,6 @@ class SpeechCommands:
         self._noise: dict[str, list[Example]] | None = None
 
     @property
-    def root(self) -> Path:
-        return self.roots[0]
-
-    @property
     def words(self) -> list[str]:
         return sorted(self.clips)
 
