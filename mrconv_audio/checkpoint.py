@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -20,6 +21,8 @@ FORMAT_VERSION = 2  # 2: Fourier modes stored at unit scale (kernels.FourierKern
 READABLE_VERSIONS = (1, 2)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+# The weights' floating-point type, recorded as "dtype" (Hugging Face's torch_dtype); absent means float32.
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class CheckpointError(ValueError):
@@ -30,10 +33,14 @@ def save_pretrained(model: MRConvClassifier, directory, extra: dict | None = Non
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    dtypes = {str(t.dtype).removeprefix("torch.") for t in tensors.values() if t.is_floating_point()}
+    if len(dtypes) != 1 or not dtypes <= set(DTYPES):
+        raise CheckpointError(f"cannot save a model whose weights mix floating-point types {sorted(dtypes)}")
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "reparameterized": model.reparameterized,
+        "dtype": dtypes.pop(),
         "config": model.config.to_dict(),
         **(extra or {}),
     }
@@ -58,6 +65,8 @@ def read_config(directory) -> dict:
     if meta.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path}: field 'format_version' must be one of {READABLE_VERSIONS}, "
                               f"got {meta.get('format_version')!r}")
+    if meta.setdefault("dtype", "float32") not in DTYPES:
+        raise CheckpointError(f"{path}: field 'dtype' must be one of {sorted(DTYPES)}, got {meta['dtype']!r}")
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{path}: field 'config' must be an object")
     try:
@@ -69,7 +78,7 @@ def read_config(directory) -> dict:
 
 def load_pretrained(directory, map_location="cpu") -> MRConvClassifier:
     meta = read_config(directory)
-    model = MRConvClassifier(meta["config"])
+    model = MRConvClassifier(meta["config"]).to(DTYPES[meta["dtype"]])
     if meta.get("reparameterized"):
         model.reparameterize()
     else:

@@ -34,6 +34,30 @@ def test_round_trip_preserves_outputs_config_and_form(tmp_path, merged):
     assert loaded.config == model.config
 
 
+@pytest.mark.parametrize("merged", [False, True])
+def test_a_float64_model_loads_as_it_was_saved(tmp_path, merged):
+    model = make_model().double()
+    if merged:
+        model.reparameterize()
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "float64"
+    loaded = MRConvClassifier.from_pretrained(tmp_path)
+    assert next(loaded.parameters()).dtype == torch.float64
+    x = torch.randn(2, 1000, dtype=torch.float64)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_a_dtype_the_weights_do_not_have_is_named(tmp_path):
+    make_model().double().save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**meta, "dtype": "float32"}))
+    with pytest.raises(CheckpointError, match="model.safetensors: tensor .* is .* torch.float64, the config expects"):
+        MRConvClassifier.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**meta, "dtype": "int8"}))
+    with pytest.raises(CheckpointError, match="config.json: field 'dtype' must be one of"):
+        MRConvClassifier.from_pretrained(tmp_path)
+
+
 def test_weights_are_safetensors_not_pickle(tmp_path):
     make_model().save_pretrained(tmp_path)
     raw = (tmp_path / "model.safetensors").read_bytes()
