@@ -32,7 +32,7 @@ def naive_forward(self, u, rate_ratio):
     length = u.shape[-1]
     y = self.D[:, None] * u
     for i, (kernel, norm) in enumerate(zip(self.kernels, self.norms)):
-        k = kernel(rate_ratio)[..., :length]
+        k = kernel()[..., :length]
         n = fft_size(length, min(self.max_len, length))
         c = fft_conv(torch.fft.rfft(u, n=n), kernel_spectrum(k, n), n, length)
         y = y + self.alpha[i, :, None] * norm(c)

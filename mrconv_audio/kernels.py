@@ -1,15 +1,16 @@
 """Sub-kernel parameterizations (paper section 3.3). Each module makes one branch's kernel.
 
-A kernel module is called with `rate_ratio` = (input sample rate) / (training sample rate) and returns
-k: (directions, channels, taps), directions = 2 when bidirectional (see fftconv.py for the layout).
-
-Only the Fourier kernel is a continuous function of time, so only it can be evaluated at another rate;
-dilated and sparse kernels raise `ContinuousKernelError` when asked to.
+A kernel module returns its taps at the training rate, k: (directions, channels, taps), directions = 2 when
+bidirectional (see fftconv.py for the layout). At another rate the layer applies the band-limited response of those
+taps (anyrate.py). Only the Fourier kernel is a continuous, band-limited function of time (`continuous = True`), so
+only it is allowed there: the paper finds that dilated and sparse kernels degrade across rates, and this project has
+not measured them, so they raise `ContinuousKernelError`.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,25 +24,14 @@ class ContinuousKernelError(ValueError):
     """A kernel that is not a continuous function of time was asked for another sample rate."""
 
 
-def _require_training_rate(kind: str, rate_ratio: float) -> None:
-    if rate_ratio != 1:
+def require_continuous(kernel: nn.Module, rate_ratio: float) -> None:
+    """Refuse another rate for kernels that are not a continuous function of time (see anyrate.py)."""
+    if rate_ratio != 1 and not getattr(kernel, "continuous", False):
         raise ContinuousKernelError(
-            f"{kind} kernels are not continuous and cannot run at {rate_ratio:g}x the training sample rate; "
-            "only Fourier kernels can be resampled (resample the audio instead, or use kernel='fourier')"
+            f"{type(kernel).__name__} is not continuous and cannot run at {rate_ratio:g}x the training sample rate; "
+            "only Fourier kernels can be evaluated at another rate (resample the audio instead, or use "
+            "kernel='fourier')"
         )
-
-
-def taps_at(length: int, rate_ratio: float, directions: int = 1) -> int:
-    """Taps a sub-kernel of `length` training-rate samples spans at `rate_ratio` x the training rate.
-
-    Causal taps cover lags [0, length) training samples; anti-causal ones lags [1, length + 1) (see FourierKernel).
-    """
-    if rate_ratio == 1:
-        return length
-    causal = math.ceil(length * rate_ratio - 1e-9)
-    if directions == 1:
-        return causal
-    return max(causal, math.ceil((length + 1) * rate_ratio - 1e-9) - 1)
 
 
 class FourierKernel(nn.Module):
@@ -49,10 +39,11 @@ class FourierKernel(nn.Module):
 
     The modes define a band-limited periodic function over the branch's duration T = length / r0:
         f(x) = (1/length) [Re c_0 + 2 sum_k Re(c_k exp(2 pi i k x / length))],  x = time * r0 (in training samples)
-    At the training rate the taps are f(0), f(1), ... (exactly torch.fft.irfft). At rate r = ratio * r0 the taps are
-    f sampled every 1/ratio training samples, scaled by 1/ratio so a sinusoid in Hz sees the same gain, with the
-    modes at or above the new Nyquist frequency dropped.
+    The taps are f(0), f(1), ... (exactly torch.fft.irfft). The DTFT of these taps at the mode frequencies k / length
+    is c_k: dropping the response at and above a lower rate's Nyquist frequency (anyrate.py) truncates the modes.
     """
+
+    continuous = True
 
     def __init__(self, channels: int, length: int, n_modes: int, directions: int = 1):
         super().__init__()
@@ -65,34 +56,9 @@ class FourierKernel(nn.Module):
         self.scale = math.sqrt(length / (2 * n_modes * directions))
         self.modes = nn.Parameter(torch.randn(directions, channels, n_modes, 2) / math.sqrt(2))
 
-    def forward(self, rate_ratio: float = 1.0) -> torch.Tensor:
+    def forward(self) -> torch.Tensor:
         modes = torch.view_as_complex(self.modes) * self.scale  # (D, H, n_modes)
-        if rate_ratio == 1:
-            return torch.fft.irfft(modes, n=self.length)  # zero-pads the missing modes
-        return self._resampled(modes, float(rate_ratio))
-
-    def _resampled(self, modes: torch.Tensor, ratio: float) -> torch.Tensor:
-        length = self.length
-        kept = min(self.n_modes, math.ceil(length * ratio / 2))  # keep mode k only while 2k < length * ratio
-        taps = taps_at(length, ratio, self.directions)
-        steps = torch.arange(taps, dtype=torch.float64, device=modes.device)
-        # Positions in training samples: causal tap s at lag s/ratio, anti-causal tap s at lag (s+1)/ratio,
-        # which is index (s+1)/ratio - 1 of the anti-causal series (its tap 0 sits at lag 1 training sample).
-        positions = [steps / ratio, (steps + 1) / ratio - 1][: self.directions]
-        positions = torch.stack(positions)  # (D, taps)
-        k = torch.arange(kept, dtype=torch.float64, device=modes.device)
-        phase = 2 * math.pi * positions[:, :, None] * k / length  # (D, taps, kept)
-        weight = torch.full((kept,), 2.0, dtype=torch.float64, device=modes.device)
-        weight[0] = 1.0
-        c = modes[..., :kept].to(torch.complex128) * weight  # (D, H, kept)
-        values = torch.einsum("dtk,dhk->dht", torch.cos(phase), c.real) - torch.einsum(
-            "dtk,dhk->dht", torch.sin(phase), c.imag
-        )
-        values = values / (length * ratio)
-        # Outside the branch's support [0, length): anti-causal taps closer than one training sample to lag 0, and the
-        # anti-causal series' end, which comes one tap early.
-        values = values * ((positions >= 0) & (positions < length))[:, None, :]
-        return values.to(self.modes.dtype)
+        return torch.fft.irfft(modes, n=self.length)  # zero-pads the missing modes
 
 
 class DilatedKernel(nn.Module):
@@ -104,8 +70,7 @@ class DilatedKernel(nn.Module):
         self.n_taps = min(l0, (length - 1) // dilation + 1)  # taps that fall inside the branch length
         self.taps = nn.Parameter(torch.randn(directions, channels, self.n_taps) / math.sqrt(self.n_taps * directions))
 
-    def forward(self, rate_ratio: float = 1.0) -> torch.Tensor:
-        _require_training_rate("dilated", rate_ratio)
+    def forward(self) -> torch.Tensor:
         directions, channels, n_taps = self.taps.shape
         k = self.taps.new_zeros(directions, channels, (n_taps - 1) * self.dilation + 1)
         k[..., :: self.dilation] = self.taps
@@ -113,21 +78,24 @@ class DilatedKernel(nn.Module):
 
 
 class SparseKernel(nn.Module):
-    """l0 taps at positions drawn once at random over the branch length (eq. 16), kept in the state dict."""
+    """l0 taps at positions drawn once at random over the branch length (eq. 16), kept in the state dict.
 
-    def __init__(self, channels: int, length: int, l0: int, seed: int, directions: int = 1):
+    `seed` is an int or a sequence of ints (e.g. model seed, layer, branch), mixed into one generator seed.
+    """
+
+    def __init__(self, channels: int, length: int, l0: int, seed, directions: int = 1):
         super().__init__()
         self.length = length
         n_taps = min(l0, length)
-        generator = torch.Generator().manual_seed(seed)
+        mixed = np.random.SeedSequence(seed).generate_state(1, dtype=np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(mixed))
         positions = torch.stack(
             [torch.randperm(length, generator=generator)[:n_taps].sort().values for _ in range(directions)]
         )
         self.register_buffer("positions", positions)  # (D, n_taps), int64
         self.taps = nn.Parameter(torch.randn(directions, channels, n_taps) / math.sqrt(n_taps * directions))
 
-    def forward(self, rate_ratio: float = 1.0) -> torch.Tensor:
-        _require_training_rate("sparse", rate_ratio)
+    def forward(self) -> torch.Tensor:
         directions, channels, _ = self.taps.shape
         taps = int(self.positions.max()) + 1
         index = self.positions[:, None, :].expand(-1, channels, -1)
@@ -137,29 +105,32 @@ class SparseKernel(nn.Module):
 class FourierSparseKernel(nn.Module):
     """A Fourier and a sparse kernel in one branch, combined by learnable linear rescaling (eq. 9)."""
 
-    def __init__(self, channels: int, length: int, l0: int, n_modes: int, seed: int, directions: int = 1):
+    def __init__(self, channels: int, length: int, l0: int, n_modes: int, seed, directions: int = 1):
         super().__init__()
         self.fourier = FourierKernel(channels, length, n_modes, directions)
         self.sparse = SparseKernel(channels, length, l0, seed, directions)
         self.scale = nn.Parameter(torch.full((2, channels, 1), 1 / math.sqrt(2)))
 
-    def forward(self, rate_ratio: float = 1.0) -> torch.Tensor:
-        _require_training_rate("fourier_sparse", rate_ratio)
+    def forward(self) -> torch.Tensor:
         fourier, sparse = self.fourier(), self.sparse()
         k = self.scale[0] * fourier
         return k.index_add(-1, torch.arange(sparse.shape[-1], device=k.device), self.scale[1] * sparse)
 
 
 def make_kernel(
-    kind: str, channels: int, length: int, resolution: int, l0: int, n_modes: int, directions: int, seed: int
+    kind: str, channels: int, length: int, resolution: int, l0: int, n_modes: int, directions: int, seed=0
 ) -> nn.Module:
-    """The sub-kernel of branch `resolution` (0 = shortest), `length` taps long at the training rate."""
+    """The sub-kernel of branch `resolution` (0 = shortest), `length` taps long at the training rate.
+
+    `seed` (an int or a tuple such as (model seed, layer)) places sparse taps; the branch index is mixed in.
+    """
+    seed = (*(seed if isinstance(seed, tuple) else (seed,)), resolution)
     if kind == "fourier":
         return FourierKernel(channels, length, n_modes, directions)
     if kind == "dilated":
         return DilatedKernel(channels, length, l0, 2**resolution, directions)
     if kind == "sparse":
-        return SparseKernel(channels, length, l0, seed + resolution, directions)
+        return SparseKernel(channels, length, l0, seed, directions)
     if kind == "fourier_sparse":
-        return FourierSparseKernel(channels, length, l0, n_modes, seed + resolution, directions)
+        return FourierSparseKernel(channels, length, l0, n_modes, seed, directions)
     raise ValueError(f"unknown kernel type {kind!r}; expected one of {KERNEL_TYPES}")

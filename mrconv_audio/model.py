@@ -130,13 +130,14 @@ class ChannelLayerNorm(nn.LayerNorm):
 class MRConvBlock(nn.Module):
     """[norm, MRConv, GELU, dropout, pointwise linear, GLU, dropout] + residual. x: (B, H, T) -> (B, H, T)."""
 
-    def __init__(self, cfg: MRConvConfig):
+    def __init__(self, cfg: MRConvConfig, index: int = 0):
         super().__init__()
         H = cfg.d_model
         self.prenorm = cfg.prenorm
         self.norm = nn.BatchNorm1d(H) if cfg.block_norm == "batchnorm" else ChannelLayerNorm(H)
         self.conv = MRConv(
-            H, cfg.max_len, cfg.l0, cfg.kernel, cfg.n_modes, cfg.bidirectional, cfg.branch_norm, cfg.seed
+            H, cfg.max_len, cfg.l0, cfg.kernel, cfg.n_modes, cfg.bidirectional, cfg.branch_norm,
+            seed=(cfg.seed, index),  # each layer draws its own sparse tap positions
         )
         self.dropout = nn.Dropout1d(cfg.dropout) if cfg.tie_dropout else nn.Dropout(cfg.dropout)
         self.mix = nn.Conv1d(H, 2 * H, 1)  # pointwise linear, then GLU halves the channels
@@ -161,7 +162,7 @@ class MRConvClassifier(nn.Module):
             self.frontend = LogMel(cfg.n_mels, cfg.f_min, cfg.f_max, cfg.window_seconds, cfg.frame_rate)
             self.input_norm = nn.BatchNorm1d(cfg.n_mels)
         self.encoder = nn.Conv1d(cfg.n_mels if cfg.frontend == "logmel" else 1, cfg.d_model, 1)
-        self.blocks = nn.ModuleList(MRConvBlock(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(MRConvBlock(cfg, i) for i in range(cfg.depth))
         self.decoder = nn.Linear(cfg.d_model, cfg.n_classes)
 
     @property

@@ -8,19 +8,64 @@ with gain_i = alpha_i * gamma_i / sqrt(var_i + eps) and bias = sum_i alpha_i (be
 
 The merged form keeps each branch's (small) kernel parameters and the merged per-branch gains rather than the
 merged kernel's samples: 16,000 samples x channels per layer would be 100x larger on disk, and the sub-kernels are
-what lets the merged model run at another sample rate. The merged kernel's spectrum is cached per (rate, length).
+what lets the merged model run at another sample rate. The merged kernel's spectrum is cached per (rate, length),
+stamped with the weights' versions so that a weight changed in place (load_state_dict) is never served stale.
+At another sample rate the layer applies its training-rate response, band-limited (anyrate.py).
 """
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
+from .anyrate import passband, response_at_rate, taps_at
 from .fftconv import fft_conv, fft_size, kernel_spectrum
-from .kernels import make_kernel, taps_at
+from .kernels import make_kernel, require_continuous
 
 NORMS = ("batchnorm", "rescale")
+# Merged-kernel spectra kept per layer (least recently used go first). The paper model's layer holds one 48 kHz
+# spectrum (49 MB) or ten 16 kHz ones; the shipped log-mel model's spectra are 65 KB.
+SPECTRUM_CACHE_BYTES = 128 * 2**20
+
+
+class SpectrumCache:
+    """Spectra by key, each stamped with the weights it was computed from; thread-safe and bounded in bytes.
+
+    A lookup whose stamp differs from the stored one recomputes (the weights changed in place). Several threads
+    may compute the same missing entry at once; each gets a correct spectrum and the last one is kept.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, tuple[tuple, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, stamp: tuple, compute) -> torch.Tensor:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] == stamp:
+                self._entries.move_to_end(key)
+                return entry[1]
+        value = compute()  # outside the lock: a slow spectrum must not block other rates
+        with self._lock:
+            self._entries[key] = (stamp, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > 1 and self.nbytes() > self.max_bytes:
+                self._entries.popitem(last=False)
+        return value
+
+    def nbytes(self) -> int:
+        return sum(value.numel() * value.element_size() for _, value in self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 def branch_lengths(max_len: int, l0: int) -> list[int]:
@@ -43,7 +88,7 @@ class MRConv(nn.Module):
         n_modes: int = 16,
         bidirectional: bool = True,
         norm: str = "batchnorm",
-        seed: int = 0,
+        seed: int | tuple = 0,  # sparse tap positions: (model seed, layer index) in a model
     ):
         super().__init__()
         if norm not in NORMS:
@@ -60,7 +105,7 @@ class MRConv(nn.Module):
         self.alpha = nn.Parameter(torch.full((n, channels), 1 / math.sqrt(n)))
         self.D = nn.Parameter(torch.randn(channels))
         self.merged = False
-        self._spectrum_cache: dict[tuple, torch.Tensor] = {}
+        self._spectrum_cache = SpectrumCache(SPECTRUM_CACHE_BYTES)
 
     # ---- forward -----------------------------------------------------------------------------------------
     def forward(self, u: torch.Tensor, rate_ratio: float = 1.0) -> torch.Tensor:
@@ -73,55 +118,87 @@ class MRConv(nn.Module):
         batch, channels, length = u.shape
         if self.merged and self.training:
             raise RuntimeError("this MRConv layer was reparameterized for inference; it cannot be trained")
-        taps = min(taps_at(self.max_len, rate_ratio, self.directions), length)
-        n = fft_size(length, taps)
+        for kernel in self.kernels:
+            require_continuous(kernel, rate_ratio)
+        n = self.fft_length(length, rate_ratio)
         u_f = torch.fft.rfft(u, n=n)  # (B, H, n//2+1), shared by every branch
         if self.norms is not None:  # branch form (reparameterize() removes the norms)
-            y = self.D[:, None] * u
-            for i, (kernel, norm) in enumerate(zip(self.kernels, self.norms)):
-                k = kernel(rate_ratio)[..., :length]
-                c = fft_conv(u_f, kernel_spectrum(k, n), n, length)
-                y = y + self.alpha[i, :, None] * norm(c)
+            if rate_ratio == 1:
+                y = self.D[:, None] * u
+                spectra = (kernel_spectrum(kernel()[..., :length], n) for kernel in self.kernels)
+            else:  # anyrate.py: the D skip too stops at the training rate's Nyquist frequency
+                y = fft_conv(u_f, self.D[:, None] * passband(n, rate_ratio, u.device).to(u.dtype), n, length)
+                span = self._training_span(length, rate_ratio)
+                spectra = (response_at_rate(kernel()[..., :span], rate_ratio, n).to(u_f.dtype) for kernel in self.kernels)
+            for i, (spectrum, norm) in enumerate(zip(spectra, self.norms)):
+                y = y + self.alpha[i, :, None] * norm(fft_conv(u_f, spectrum, n, length))
             return y
         k_f = self._merged_spectrum(rate_ratio, length, n)
+        skip = rate_ratio == 1  # elsewhere D is inside k_f, band-limited with the kernel
         if torch.is_grad_enabled() and (u.requires_grad or k_f.requires_grad):
-            y = fft_conv(u_f, k_f, n, length) + self.D[:, None] * u
+            y = fft_conv(u_f, k_f, n, length)
+            y = y + self.D[:, None] * u if skip else y
             return y + self.bias[:, None] if self.merged else y
         # Inference: work in the spectrum's and the output's own buffers; large allocations are slow on CPU.
         y = torch.fft.irfft(u_f.mul_(k_f), n=n)[..., :length]
-        y.addcmul_(u, self.D[:, None])
+        if skip:
+            y.addcmul_(u, self.D[:, None])
         if self.merged:
             y.add_(self.bias[:, None])
         return y
 
-    def merged_kernel(self, rate_ratio: float = 1.0, taps: int | None = None) -> torch.Tensor:
-        """sum_i gain_i * zero-pad(k_i): (directions, channels, taps). gain = alpha until reparameterized."""
+    def fft_length(self, length: int, rate_ratio: float = 1.0) -> int:
+        """The FFT grid (n points) the layer convolves an input of `length` samples at `rate_ratio` on."""
+        return fft_size(length, min(taps_at(self.max_len, rate_ratio, self.directions), length))
+
+    def _training_span(self, length: int, rate_ratio: float) -> int:
+        """Training-rate taps that reach across an input of `length` samples at rate_ratio: the kernel is cut there,
+        as it is at the training rate (the kernel's far taps would wrap around the FFT grid otherwise)."""
+        return min(self.max_len, math.floor((length - 1) / rate_ratio + 1e-9) + 1)
+
+    def merged_kernel(self, taps: int | None = None) -> torch.Tensor:
+        """Training-rate sum_i gain_i * zero-pad(k_i): (directions, channels, taps). gain = alpha until merged."""
         gains = self.gain if self.merged else self.alpha
-        taps = taps or taps_at(self.max_len, rate_ratio, self.directions)
+        taps = taps or self.max_len
         merged = None
         for gain, kernel in zip(gains, self.kernels):
-            k = kernel(rate_ratio)[..., :taps] * gain[:, None]
+            k = kernel()[..., :taps] * gain[:, None]
             if merged is None:
                 merged = k.new_zeros(k.shape[0], self.channels, taps)
             merged[..., : k.shape[-1]] += k
         return merged
 
+    def frequency_response(self, length: int, rate_ratio: float = 1.0) -> tuple[int, torch.Tensor]:
+        """(n, K): on an input of `length` samples at rate_ratio, the merged layer computes
+        y = irfft(rfft(u, n) * K, n)[:length] + bias. K: (channels, n//2+1), the D skip included."""
+        n = self.fft_length(length, rate_ratio)
+        with torch.no_grad():
+            k_f = self._compute_spectrum(rate_ratio, length, n)
+            return n, k_f + self.D[:, None] if rate_ratio == 1 else k_f
+
+    def _compute_spectrum(self, rate_ratio: float, length: int, n: int) -> torch.Tensor:
+        if rate_ratio == 1:
+            return kernel_spectrum(self.merged_kernel(min(self.max_len, length)), n)
+        k = self.merged_kernel(self._training_span(length, rate_ratio))
+        complex_dtype = torch.complex64 if self.D.dtype != torch.float64 else torch.complex128
+        return response_at_rate(k, rate_ratio, n, skip=self.D).to(complex_dtype)
+
     def _merged_spectrum(self, rate_ratio: float, length: int, n: int) -> torch.Tensor:
-        taps = min(taps_at(self.max_len, rate_ratio, self.directions), length)
         if not self.merged:  # rescale-mode training: parameters change every step, nothing to cache
-            return kernel_spectrum(self.merged_kernel(rate_ratio, taps), n)
+            return self._compute_spectrum(rate_ratio, length, n)
         key = (float(rate_ratio), length, self.D.device, self.D.dtype)
-        if key not in self._spectrum_cache:
-            with torch.no_grad():
-                self._spectrum_cache[key] = kernel_spectrum(self.merged_kernel(rate_ratio, taps), n)
-        return self._spectrum_cache[key]
+        return self._spectrum_cache.get(key, self._weights_stamp(), lambda: self._compute_spectrum(rate_ratio, length, n))
+
+    def _weights_stamp(self) -> tuple:
+        """Changes whenever a weight does: in place (version counter: load_state_dict, optimizers) or replaced."""
+        return tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
 
     # ---- reparameterization ------------------------------------------------------------------------------
     @torch.no_grad()
-    def reparameterize(self) -> None:
+    def reparameterize(self) -> "MRConv":
         """Fold each branch's BatchNorm (eq. 18) and alpha into per-branch gains and one bias (eq. 13)."""
         if self.merged:
-            return
+            return self
         gain = self.alpha.detach().clone()
         bias = torch.zeros_like(self.D)
         if self.norms is not None:
@@ -135,10 +212,14 @@ class MRConv(nn.Module):
         self.register_buffer("bias", bias)
         self.merged = True
         self._spectrum_cache.clear()
+        return self
 
     def _apply(self, fn, recurse=True):
-        self._spectrum_cache.clear()  # .to() / .double(): cached spectra belong to the old device or dtype
-        return super()._apply(fn, recurse)
+        before = (self.D.device, self.D.dtype)
+        module = super()._apply(fn, recurse)
+        if (self.D.device, self.D.dtype) != before:  # spectra of the old device or dtype would only hold memory
+            self._spectrum_cache.clear()
+        return module
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, lengths={self.lengths}, norm={self.norm}, merged={self.merged}"

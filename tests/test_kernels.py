@@ -11,6 +11,7 @@ from mrconv_audio.kernels import (
     FourierSparseKernel,
     SparseKernel,
     make_kernel,
+    require_continuous,
 )
 
 
@@ -37,43 +38,6 @@ def test_fourier_kernel_at_training_rate_samples_the_series():
     kernel = FourierKernel(channels=2, length=32, n_modes=8).double()
     modes = (torch.view_as_complex(kernel.modes) * kernel.scale)[0].detach().numpy()
     np.testing.assert_allclose(kernel()[0].detach().numpy(), fourier_series(modes, 32, np.arange(32.0)), atol=1e-14)
-
-
-@pytest.mark.parametrize("length,n_modes", [(32, 16), (64, 16), (512, 16)])
-def test_halving_the_rate_equals_irfft_of_truncated_modes(length, n_modes):
-    kernel = FourierKernel(channels=4, length=length, n_modes=n_modes, directions=1).double()
-    modes = torch.view_as_complex(kernel.modes) * kernel.scale
-    kept = min(n_modes, length // 4)  # modes below the new Nyquist frequency (length/4 cycles per kernel)
-    expected = torch.fft.irfft(modes[..., :kept], n=length // 2)
-    torch.testing.assert_close(kernel(0.5), expected, rtol=0, atol=1e-13)
-
-
-@pytest.mark.parametrize("rate", [8000, 11025, 22050, 44100, 48000, 96000])
-def test_resampled_kernel_is_the_continuous_function_sampled_at_the_new_rate(rate):
-    r0, length = 16000, 64
-    kernel = FourierKernel(channels=3, length=length, n_modes=16, directions=1).double()
-    ratio = rate / r0
-    got = kernel(ratio)[0].detach().numpy()
-    taps = math.ceil(length * ratio - 1e-9)
-    assert got.shape == (3, taps)
-    assert taps / rate == pytest.approx(length / r0, abs=1 / rate)  # the same duration in seconds
-    modes = (torch.view_as_complex(kernel.modes) * kernel.scale)[0].detach().numpy()
-    kept = np.arange(16) < length * ratio / 2  # drop modes at or above the new Nyquist frequency
-    t_seconds = np.arange(taps) / rate
-    expected = fourier_series(modes * kept, length, t_seconds * r0) * (r0 / rate)
-    np.testing.assert_allclose(got, expected, atol=1e-13)
-
-
-def test_bidirectional_resampled_kernel_places_anticausal_taps_at_their_lag():
-    r0, rate, length = 16000, 48000, 32
-    kernel = FourierKernel(channels=2, length=length, n_modes=8, directions=2).double()
-    got = kernel(rate / r0)[1].detach().numpy()
-    modes = (torch.view_as_complex(kernel.modes) * kernel.scale)[1].detach().numpy()
-    lag_in_training_samples = (np.arange(got.shape[-1]) + 1) * r0 / rate  # anti-causal tap s acts at lag -(s+1)/rate
-    index = lag_in_training_samples - 1  # the anti-causal series' tap 0 acts at lag -1 training sample
-    inside = (index >= 0) & (index < length)
-    expected = fourier_series(modes, length, index) * (r0 / rate) * inside
-    np.testing.assert_allclose(got, expected, atol=1e-13)
 
 
 def test_dilated_kernel_spaces_taps_by_its_dilation():
@@ -113,9 +77,24 @@ def test_fourier_sparse_is_linear_rescaling_of_both():
 @pytest.mark.parametrize("kind", ["dilated", "sparse", "fourier_sparse"])
 def test_non_continuous_kernels_refuse_another_rate(kind):
     kernel = make_kernel(kind, 2, 64, 1, 32, 16, 1, 0)
-    kernel(1.0)  # the training rate is fine
+    require_continuous(kernel, 1.0)  # the training rate is fine
     with pytest.raises(ContinuousKernelError, match="not continuous"):
-        kernel(0.5)
+        require_continuous(kernel, 0.5)
+    require_continuous(make_kernel("fourier", 2, 64, 1, 32, 16, 1, 0), 0.5)
+
+
+def test_sparse_positions_differ_between_layers_and_branches():
+    """The seed mixes in the layer index: the same model seed must not give every layer the same taps."""
+    positions = {
+        (layer, branch): make_kernel("sparse", 2, 1000, branch, 16, 8, 1, seed=(0, layer)).positions
+        for layer in range(3) for branch in range(2)
+    }
+    for a in positions:
+        for b in positions:
+            if a != b:
+                assert not torch.equal(positions[a], positions[b]), (a, b)
+    again = make_kernel("sparse", 2, 1000, 1, 16, 8, 1, seed=(0, 2)).positions
+    assert torch.equal(again, positions[2, 1])  # and stays reproducible
 
 
 def test_bad_kernel_arguments_are_named():

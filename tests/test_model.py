@@ -97,6 +97,14 @@ def test_dilated_model_refuses_another_rate():
         model(torch.randn(1, 500), sample_rate=500)
 
 
+def test_sparse_tap_positions_differ_from_layer_to_layer():
+    model = MRConvClassifier(tiny_config(kernel="sparse", depth=3))
+    longest = [block.conv.kernels[-1].positions for block in model.blocks]  # 16 of 1000 places
+    assert not torch.equal(longest[0], longest[1]) and not torch.equal(longest[1], longest[2])
+    again = MRConvClassifier(tiny_config(kernel="sparse", depth=3))
+    assert torch.equal(again.blocks[2].conv.kernels[-1].positions, longest[2])  # still reproducible
+
+
 def test_padding_is_ignored_by_the_global_convolution_and_the_pooling():
     model = trained_model(tiny_config()).double()
     a, b = torch.randn(1, 1000, dtype=torch.float64), torch.randn(1, 600, dtype=torch.float64)

@@ -120,62 +120,134 @@ def test_merged_layer_cannot_train():
         layer.train()(torch.randn(1, 6, 10))
 
 
-# ---- any sample rate -----------------------------------------------------------------------------------------
+# ---- merged state: the spectrum cache ----------------------------------------------------------------------
 
 
-def sinusoid_gain(layer, rate, freq, r0=16000, seconds=0.25):
-    """Complex gain (per channel) of the layer to a sinusoid of `freq` Hz, measured in steady state."""
-    t = torch.arange(int(rate * seconds), dtype=torch.float64) / rate
-    x = torch.sin(2 * math.pi * freq * t).expand(1, layer.channels, -1).contiguous()
+def merged_layer(seed=0, max_len=700):
+    torch.manual_seed(seed)
+    return trained_layer("fourier", True, torch.float64, max_len=max_len).reparameterize()
+
+
+def test_merged_cache_is_keyed_by_rate():
+    # 500 samples at 1.5x and at 2x: both reach the kernel's end, so the FFT grid (and the spectrum's shape) is the
+    # same; only the rate tells the two spectra apart.
+    layer, fresh = merged_layer(), merged_layer()
+    u = torch.randn(2, 6, 500, dtype=torch.float64)
+    assert layer.fft_length(500, 1.5) == layer.fft_length(500, 2.0)
     with torch.no_grad():
-        y = layer(x, rate / r0)[0]
-    edge = math.ceil(layer.max_len * rate / r0) + 2  # skip the transients at both ends
-    y, t = y[:, edge:-edge], t[edge:-edge]
-    basis = torch.stack([torch.sin(2 * math.pi * freq * t), torch.cos(2 * math.pi * freq * t), torch.ones_like(t)], 1)
-    fit = torch.linalg.lstsq(basis, y.T).solution  # (3, H)
-    assert (basis @ fit - y.T).abs().max() < 1e-8  # steady state really is a sinusoid at that frequency
-    return torch.complex(fit[0], fit[1])
+        layer(u, 1.5)
+        torch.testing.assert_close(layer(u, 2.0), fresh(u, 2.0), rtol=0, atol=0)
+        assert not torch.allclose(layer(u, 1.5), layer(u, 2.0))
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_same_rate_is_bit_identical(bidirectional):
-    layer = trained_layer("fourier", bidirectional, torch.float32)
-    u = torch.randn(2, 6, 700)
-    assert torch.equal(layer(u), layer(u, 1.0))
-
-
-@pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("rate", [32000, 48000])
-@pytest.mark.parametrize("freq", [1000.0, 3000.0])
-def test_sinusoid_gain_and_phase_exact_at_integer_rate_ratios(bidirectional, rate, freq):
-    # Every sub-kernel (l0 = 16 -> 1 ms and its doublings) spans whole periods of these frequencies, so sampling
-    # its Fourier series more finely integrates the sinusoid exactly: gain and phase agree to rounding.
-    layer = trained_layer("fourier", bidirectional, torch.float64, max_len=512)
-    g0, g = sinusoid_gain(layer, 16000, freq), sinusoid_gain(layer, rate, freq)
-    assert ((g - g0).abs() / g0.abs()).max() < 1e-9
-
-
-@pytest.mark.parametrize("bidirectional", [False, True])
-@pytest.mark.parametrize("rate", [22050, 44100, 48000])
-@pytest.mark.parametrize("freq", [100.0, 440.0, 1234.5])
-def test_sinusoid_gain_and_phase_close_at_any_rate(bidirectional, rate, freq):
-    # Sub-kernels are Fourier series cut to a finite window, so they are not strictly band-limited: the window's
-    # edges give each rate a different O(1/rate) quadrature error, largest for the shortest, full-band sub-kernels.
-    # Measured on this random layer (l0 = 16, 8 modes): 2-13% of the largest channel gain; see README.
-    layer = trained_layer("fourier", bidirectional, torch.float64, max_len=512)
-    g0, g = sinusoid_gain(layer, 16000, freq), sinusoid_gain(layer, rate, freq)
-    assert ((g - g0).abs().max() / g0.abs().max()) < 0.15
-
-
-@pytest.mark.parametrize("rate", [8000, 11025, 44100])
-def test_merged_layer_resamples_like_the_branches(rate):
-    layer = trained_layer("fourier", True, torch.float64)
-    ratio = rate / 16000
-    u = torch.randn(2, 6, math.ceil(700 * ratio), dtype=torch.float64)
+def test_load_state_dict_and_in_place_changes_reach_a_merged_layer():
+    layer, other = merged_layer(0), merged_layer(1)
+    u = torch.randn(2, 6, 700, dtype=torch.float64)
     with torch.no_grad():
-        branches = layer(u, ratio)
-        layer.reparameterize()
-        merged = layer(u, ratio)
-        again = layer(u, ratio)  # served from the per-rate cache
-    torch.testing.assert_close(merged, branches, rtol=1e-10, atol=1e-10)
-    assert torch.equal(merged, again)
+        for ratio in (1.0, 2.0):
+            layer(u, ratio)  # fills the cache with the old weights' spectra
+        layer.load_state_dict(other.state_dict())
+        for ratio in (1.0, 2.0):
+            torch.testing.assert_close(layer(u, ratio), other(u, ratio), rtol=0, atol=0)
+        layer.kernels[0].modes.mul_(2.0)  # an in-place change to one parameter
+        other.kernels[0].modes.mul_(2.0)
+        other._spectrum_cache.clear()
+        torch.testing.assert_close(layer(u, 2.0), other(u, 2.0), rtol=0, atol=0)
+
+
+def test_a_no_op_to_keeps_the_cache_and_a_real_move_recomputes(monkeypatch):
+    layer = merged_layer()
+    computed = []
+    compute = layer._compute_spectrum
+    monkeypatch.setattr(layer, "_compute_spectrum", lambda *args: computed.append(args) or compute(*args))
+    u = torch.randn(1, 6, 700, dtype=torch.float64)
+    with torch.no_grad():
+        first = layer(u, 3.0)
+        layer.to("cpu")
+        layer.to(torch.float64)
+        layer.eval()
+        assert torch.equal(layer(u, 3.0), first) and len(computed) == 1
+        layer.float()
+        assert len(layer._spectrum_cache) == 0  # the float64 spectra went with the dtype
+        torch.testing.assert_close(layer(u.float(), 3.0), first.float(), rtol=1e-4, atol=1e-4)
+        assert len(computed) == 2
+
+
+def test_the_cache_is_bounded_in_bytes():
+    layer = merged_layer()
+    layer._spectrum_cache.max_bytes = 200_000  # about 4 spectra of a 700-sample input
+    u = torch.randn(1, 6, 300, dtype=torch.float64)
+    with torch.no_grad():
+        for i in range(40):
+            layer(u, 1 + i / 10)
+            assert layer._spectrum_cache.nbytes() <= 200_000 or len(layer._spectrum_cache) == 1
+    assert 1 < len(layer._spectrum_cache) < 10
+    big = torch.randn(1, 6, 6000, dtype=torch.float64)
+    with torch.no_grad():
+        layer(big, 10.0)  # one spectrum above the bound is kept alone (it is in use)
+    assert len(layer._spectrum_cache) == 1
+
+
+def test_concurrent_forwards_and_clears_never_fail_or_mix_spectra():
+    """Several demo sessions share a model: lookups racing with clears and evictions must stay correct."""
+    import sys
+    import threading
+
+    layer, reference = merged_layer(), merged_layer()
+    layer._spectrum_cache.max_bytes = 100_000  # evictions all the time
+    inputs = {ratio: torch.randn(1, 6, 200, dtype=torch.float64) for ratio in (1.0, 1.5, 2.0, 3.0)}
+    with torch.no_grad():
+        expected = {ratio: reference(u, ratio) for ratio, u in inputs.items()}
+    errors, stop = [], threading.Event()
+
+    def serve(ratios):
+        try:
+            with torch.no_grad():
+                for _ in range(20):
+                    for ratio in ratios:
+                        if not torch.equal(layer(inputs[ratio], ratio), expected[ratio]):
+                            errors.append(f"wrong output at {ratio}")
+        except Exception as e:  # noqa: BLE001 - any failure in a worker fails the test
+            errors.append(repr(e))
+
+    def clear():
+        while not stop.is_set():
+            layer._spectrum_cache.clear()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        workers = [threading.Thread(target=serve, args=(list(inputs)[i:] + list(inputs)[:i],)) for i in range(4)]
+        cleaner = threading.Thread(target=clear)
+        cleaner.start()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        stop.set()
+        cleaner.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+
+
+def test_a_clear_from_another_thread_cannot_break_a_lookup():
+    """Deterministic form of the race: another thread clears the cache right after a lookup stores its spectrum.
+    Checking, storing and reading under one lock makes the clear wait; an unlocked cache raised KeyError here."""
+    import threading
+    from collections import OrderedDict
+
+    from mrconv_audio.mrconv import SpectrumCache
+
+    cache = SpectrumCache(2**30)
+
+    class ClearedFromAnotherThread(OrderedDict):
+        def __setitem__(self, key, value):
+            super().__setitem__(key, value)
+            clearer = threading.Thread(target=cache.clear)
+            clearer.start()
+            clearer.join(timeout=0.5)  # a locked cache keeps the clear waiting until the lookup is done
+
+    cache._entries = ClearedFromAnotherThread()
+    value = torch.ones(3)
+    assert cache.get("key", (1,), lambda: value) is value
