@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_write
@@ -21,6 +21,9 @@ FORMAT_VERSION = 2  # 2: Fourier modes stored at unit scale (kernels.FourierKern
 READABLE_VERSIONS = (1, 2)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+MAX_CONFIG_BYTES = 1 << 20
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64}
 # The weights' floating-point type, recorded as "dtype" (Hugging Face's torch_dtype); absent means float32.
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -56,10 +59,14 @@ def read_config(directory) -> dict:
         raise CheckpointError(f"{directory}: no such model folder")
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: {path.stat().st_size} bytes, more than a config.json holds ({MAX_CONFIG_BYTES})")
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: field 'format' must be {FORMAT!r}, got {meta.get('format') if isinstance(meta, dict) else meta!r}")
     if meta.get("format_version") not in READABLE_VERSIONS:
@@ -76,33 +83,56 @@ def read_config(directory) -> dict:
     return meta
 
 
-def load_pretrained(directory, map_location="cpu") -> MRConvClassifier:
-    meta = read_config(directory)
-    model = MRConvClassifier(meta["config"]).to(DTYPES[meta["dtype"]])
-    if meta.get("reparameterized"):
-        model.reparameterize()
-    else:
-        model.eval()
-    path = Path(directory) / WEIGHTS_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
+def expected_tensors(meta: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor the config describes, from a model built on the meta device (no
+    memory): checked against the weights file before a real model of that size is allocated."""
+    with torch.device("meta"):
+        skeleton = MRConvClassifier(meta["config"]).to(DTYPES[meta["dtype"]])
+        if meta.get("reparameterized"):
+            skeleton.reparameterize()
+    return {name: (tuple(t.shape), t.dtype) for name, t in skeleton.state_dict().items()}
+
+
+def check_weights_file(path: Path, expected: dict) -> None:
+    """The safetensors header (names, shapes, dtypes) against `expected`, without reading the tensors."""
     try:
-        tensors = load_file(path)
+        with safe_open(path, framework="pt") as f:
+            found = {name: (tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from None
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: does not match {CONFIG_NAME}: missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected tensors {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
-    for name, tensor in sorted(tensors.items()):
-        if tensor.shape != expected[name].shape or tensor.dtype != expected[name].dtype:
+    for name in sorted(found):
+        shape, dtype = found[name]
+        if shape != expected[name][0] or SAFETENSORS_DTYPES.get(dtype) != expected[name][1]:
             raise CheckpointError(
-                f"{path}: tensor {name!r} is {tuple(tensor.shape)} {tensor.dtype}, "
-                f"the config expects {tuple(expected[name].shape)} {expected[name].dtype}"
+                f"{path}: tensor {name!r} is {shape} {SAFETENSORS_DTYPES.get(dtype, dtype)}, "
+                f"the config expects {expected[name][0]} {expected[name][1]}"
             )
+
+
+def load_pretrained(directory, map_location="cpu") -> MRConvClassifier:
+    meta = read_config(directory)
+    path = Path(directory) / WEIGHTS_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    check_weights_file(path, expected_tensors(meta))
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})") from None
+    for name, tensor in sorted(tensors.items()):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN or infinite values")
+    model = MRConvClassifier(meta["config"]).to(DTYPES[meta["dtype"]])
+    if meta.get("reparameterized"):
+        model.reparameterize()
+    else:
+        model.eval()
     if meta["format_version"] == 1:  # version 1 stored Fourier modes multiplied by their kernel's scale
         for name, module in model.named_modules():
             if isinstance(module, FourierKernel):

@@ -57,6 +57,7 @@ class MRConvConfig:
     frame_rate: float = 100.0
 
     def __post_init__(self):
+        self._check_types()
         checks = {
             "kernel": (self.kernel in KERNEL_TYPES, f"one of {KERNEL_TYPES}"),
             "branch_norm": (self.branch_norm in NORMS, f"one of {NORMS}"),
@@ -64,18 +65,41 @@ class MRConvConfig:
             "frontend": (self.frontend in FRONTENDS, f"one of {FRONTENDS}"),
             "f_max": (self.frontend != "logmel" or 0 <= self.f_min < self.f_max <= self.sample_rate / 2,
                       "above f_min and at most sample_rate / 2"),
-            "d_model": (self.d_model >= 1, "a positive integer"),
-            "depth": (self.depth >= 1, "a positive integer"),
+            # Upper bounds keep a corrupt or hostile config.json from allocating without limit (checkpoint.py then
+            # checks every tensor's shape against the weights file before the model is built).
+            "d_model": (1 <= self.d_model <= 4096, "between 1 and 4096"),
+            "depth": (1 <= self.depth <= 64, "between 1 and 64"),
+            "clip_seconds": (0.01 <= self.clip_seconds <= 10, "between 0.01 and 10 seconds"),
+            "n_mels": (1 <= self.n_mels <= 256, "between 1 and 256"),
+            "window_seconds": (0.001 <= self.window_seconds <= 0.5, "between 0.001 and 0.5 seconds"),
+            "frame_rate": (1 <= self.frame_rate <= 1000, "between 1 and 1000 frames per second"),
+            "seed": (self.seed >= 0, "a non-negative integer"),
             "n_modes": (1 <= self.n_modes <= self.l0 // 2, f"between 1 and l0 // 2 = {self.l0 // 2}"),
             "dropout": (0 <= self.dropout < 1, "in [0, 1)"),
-            "sample_rate": (self.sample_rate > 0, "positive"),
-            "labels": (len(self.labels) >= 2 and len(set(self.labels)) == len(self.labels), "2+ distinct names"),
+            "sample_rate": (100 <= self.sample_rate <= 384_000, "between 100 and 384,000 Hz"),
+            "labels": (2 <= len(self.labels) <= 10_000 and len(set(self.labels)) == len(self.labels)
+                       and all(self.labels), "2 to 10,000 distinct, non-empty names"),
             "input_std": (self.input_std > 0, "positive"),
             "l0": (1 <= self.l0 <= self.max_len, f"between 1 and max_len = {self.max_len}"),
         }
         for name, (ok, expected) in checks.items():
             if not ok:
                 raise ValueError(f"MRConvConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+    def _check_types(self) -> None:
+        """Each field has its annotated type (JSON gives true for 1 and 48.5 for 48: both are refused)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok, expected = {
+                "int": (number and isinstance(value, int), "an integer"),
+                "float": (number and math.isfinite(value), "a finite number"),
+                "bool": (isinstance(value, bool), "true or false"),
+                "str": (isinstance(value, str), "a string"),
+                "list[str]": (isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"),
+            }[f.type]
+            if not ok:
+                raise ValueError(f"MRConvConfig.{f.name} must be {expected}, got {value!r}")
 
     @property
     def max_len(self) -> int:

@@ -143,3 +143,90 @@ def test_version_1_checkpoints_with_scaled_fourier_modes_load_unchanged(tmp_path
     (tmp_path / "config.json").write_text(json.dumps({**meta, "format_version": 3}))
     with pytest.raises(CheckpointError, match="'format_version' must be one of"):
         MRConvClassifier.from_pretrained(tmp_path)
+
+
+def write_config(tmp_path, **fields):
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["config"].update(fields)
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("d_model", True, "d_model must be an integer, got True"),
+    ("depth", 3.0, "depth must be an integer, got 3.0"),
+    ("d_model", 48.5, "d_model must be an integer, got 48.5"),
+    ("labels", "abcdefghijkl", "labels must be a list of strings"),
+    ("labels", ["a", 1, "b"], "labels must be a list of strings"),
+    ("depth", 1_000_000, "depth must be between 1 and 64"),
+    ("d_model", 1_000_000, "d_model must be between 1 and 4096"),
+    ("clip_seconds", 1e9, "clip_seconds must be between"),
+    ("input_std", "0.2", "input_std must be a finite number"),
+    ("bidirectional", 1, "bidirectional must be true or false"),
+])
+def test_config_fields_of_the_wrong_type_or_size_are_named_with_the_file(tmp_path, field, value, message):
+    make_model().save_pretrained(tmp_path)
+    write_config(tmp_path, **{field: value})
+    with pytest.raises(CheckpointError, match=f"config.json: field 'config': MRConvConfig.{message}"):
+        MRConvClassifier.from_pretrained(tmp_path)
+
+
+def test_a_config_larger_than_its_weights_is_refused_before_allocating(tmp_path, monkeypatch):
+    """d_model 4096 would allocate hundreds of MB; the weights file's header disagrees, so nothing is built."""
+    make_model().save_pretrained(tmp_path)
+    write_config(tmp_path, d_model=4096, depth=64)
+    built = []
+    monkeypatch.setattr(MRConvClassifier, "reparameterize", lambda self: built.append(self) or self)
+    real_init = MRConvClassifier.__init__
+
+    def watching_init(self, cfg):
+        real_init(self, cfg)
+        built.append(next(self.parameters()).device.type)
+
+    monkeypatch.setattr(MRConvClassifier, "__init__", watching_init)
+    with pytest.raises(CheckpointError, match="does not match config.json"):
+        MRConvClassifier.from_pretrained(tmp_path)
+    assert built == ["meta"]  # only the shape skeleton, on the meta device
+
+
+def test_deeply_nested_or_huge_config_json_is_named(tmp_path):
+    make_model().save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON \\(nested too deeply\\)"):
+        MRConvClassifier.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(" " * (2 << 20))
+    with pytest.raises(CheckpointError, match="config.json: .* bytes, more than a config.json holds"):
+        MRConvClassifier.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_or_statistics_are_refused(tmp_path, value):
+    from safetensors.torch import load_file, save_file
+
+    make_model().save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["blocks.0.norm.running_var"][3] = value
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="tensor 'blocks.0.norm.running_var' holds NaN or infinite values"):
+        MRConvClassifier.from_pretrained(tmp_path)
+    make_model().save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["config"]["input_std"] = value  # json writes NaN / Infinity, which Python's parser reads back
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="MRConvConfig.input_std must be a finite number"):
+        MRConvClassifier.from_pretrained(tmp_path)
+
+
+def test_saved_models_are_readable_by_others_as_the_umask_says(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        make_model().save_pretrained(tmp_path / "shared")
+        os.umask(0o077)
+        make_model().save_pretrained(tmp_path / "private")
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors"):
+        assert stat.S_IMODE((tmp_path / "shared" / name).stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / "private" / name).stat().st_mode) == 0o600
