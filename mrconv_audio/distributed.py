@@ -125,8 +125,9 @@ class SyncBatchNorm(nn.BatchNorm1d):
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
         count = x.numel() // x.shape[1]
-        var, mean = torch.var_mean(x.float(), dim=dims, correction=0)
-        table = x.new_zeros(dist.get_world_size(), 2 * self.num_features + 1, dtype=torch.float32)
+        dtype = torch.promote_types(x.dtype, torch.float32)  # statistics of bf16 activations in float32
+        var, mean = torch.var_mean(x.to(dtype), dim=dims, correction=0)
+        table = x.new_zeros(dist.get_world_size(), 2 * self.num_features + 1, dtype=dtype)
         table[dist.get_rank()] = torch.cat([mean, var * count, mean.new_full((1,), count)])
         table = _AllReduceSum.apply(table)
         means, m2s, counts = table[:, : self.num_features], table[:, self.num_features : -1], table[:, -1:]

@@ -45,6 +45,7 @@ def batch_loader(split, batches: list[np.ndarray], workers: int, pin: bool) -> D
 
 
 def to_device(audio: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """int16 clips -> float32 in [-1, 1) on `device` (the copy overlaps with compute when the batch is pinned)."""
-    x = audio.to(device, non_blocking=True).to(torch.float32) / 32768.0
+    """int16 clips -> floats (the default dtype, float32) in [-1, 1) on `device` (the copy overlaps with compute
+    when the batch is pinned)."""
+    x = audio.to(device, non_blocking=True).to(torch.get_default_dtype()) / 32768.0
     return x, labels.to(device, non_blocking=True)
