@@ -70,7 +70,7 @@ def cmd_train(args) -> int:
         warmup_epochs=args.warmup_epochs, seed=args.seed, sample_rate=args.sample_rate, device=args.device,
         augment=not args.no_augment, speed_perturbation=not args.no_speed, checkpoint_every=args.checkpoint_every,
         cache_dir=args.cache_dir, model_overrides=parse_overrides(args.set), init_from=args.init_from,
-        extra_train=args.extra_train,
+        extra_train=args.extra_train, workers=args.workers, amp=not args.no_amp, compile=args.compile,
     )
     train(cfg)
     return 0
@@ -158,14 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_synthesize)
 
-    p = sub.add_parser("train", help="train a classifier on a local Speech Commands root")
+    p = sub.add_parser("train", help="train a classifier on a local Speech Commands root; several GPUs or "
+                                     "processes: torchrun --nproc-per-node N -m mrconv_audio.cli train ...")
     p.add_argument("--preset", default="sc35-paper", help="model preset (see `mrconv-audio info`)")
     p.add_argument("--task", default="sc35", choices=["sc35", "kws12"])
     p.add_argument("--data-root", required=True, action="append",
                    help="Speech Commands root; repeat to join several (each clip keeps its root's split)")
     p.add_argument("--out", required=True, help="run folder (metrics.jsonl, best/, resume state)")
     p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="the global batch: under torchrun the processes share it (16 over 2 GPUs: 8 each)")
     p.add_argument("--lr", type=float, default=0.005)
     p.add_argument("--kernel-lr", type=float, default=0.001)
     p.add_argument("--weight-decay", type=float, default=0.05)
@@ -183,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--extra-train", action="append", default=[], metavar="DIR",
                    help="more training clips in the Speech Commands layout (e.g. from `data synthesize`); repeatable")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="DataLoader worker processes per training process (default: 0 on the CPU, up to 4 per GPU)")
+    p.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA (default: bf16 autocast)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA; first steps are slow)")
     p.add_argument("--init-from", metavar="MODEL_DIR",
                    help="fine-tune: start from this saved model (branch form, same task and rate); --preset is ignored")
     p.set_defaults(func=cmd_train)

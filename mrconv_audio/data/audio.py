@@ -1,13 +1,14 @@
-"""Reading and shaping audio: soundfile for files (bit-exact, no FFmpeg), torchaudio for resampling."""
+"""Reading and shaping audio: soundfile for files (bit-exact, no FFmpeg), torchaudio for resampling.
+
+Both are imported where they are used, so that training from a cache, evaluation and streaming at the model's own
+rate need only torch and numpy (a bare GPU machine: benchmarks/gpu_check.sh)."""
 from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
 
 class AudioError(ValueError):
@@ -16,6 +17,8 @@ class AudioError(ValueError):
 
 def load_audio(path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Read a file as float32 mono (channels averaged) in [-1, 1]. Returns (samples, sample_rate)."""
+    import soundfile as sf
+
     path = Path(path)
     try:
         info = sf.info(str(path))
@@ -40,6 +43,8 @@ def resample(x: torch.Tensor | np.ndarray, orig_rate: float, new_rate: float) ->
     if orig_rate == new_rate:
         return x
     ratio = Fraction(orig_rate).limit_denominator(10_000) / Fraction(new_rate).limit_denominator(10_000)
+    import torchaudio.functional as AF
+
     return AF.resample(x, ratio.numerator, ratio.denominator)
 
 

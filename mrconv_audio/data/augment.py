@@ -1,6 +1,10 @@
 """Seeded batch augmentation for training: speed perturbation, time shift, background noise at a random SNR, gain.
 
-All randomness comes from one torch.Generator, so a run is reproducible and can be checkpointed mid-epoch.
+Two steps, so that the work can run on the GPU while the randomness stays reproducible:
+  draw(batch, labels)  every random choice for a batch, from one CPU torch.Generator (checkpointed with the run);
+  apply(x, params)     the arithmetic, in batches on whatever device x is on.
+Data-parallel training draws for the whole global batch on every process (the generators stay in step) and each
+process applies its own rows, so the augmented batch does not depend on the number of processes.
 x: (batch, time) float waveforms.
 """
 from __future__ import annotations
@@ -8,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torchaudio.functional as AF
 
 SPEED_STEPS = 100  # speed factors are SPEED_STEPS / n: 0.90, 0.91, ... steps of about 1%
 
@@ -28,33 +31,58 @@ class Augmenter:
         self.cfg, self.sample_rate, self.silence_label, self.gen = cfg, sample_rate, silence_label, generator
         self.noise = noise if noise is not None and len(noise) else None  # (M, time)
 
+    def to(self, device) -> "Augmenter":
+        """Keep the noise recordings on `device` (once), so that mixing needs no copies per batch."""
+        if self.noise is not None:
+            self.noise = self.noise.to(device)
+        return self
+
     def _uniform(self, n: int, low: float, high: float) -> torch.Tensor:
         return low + (high - low) * torch.rand(n, generator=self.gen)
 
-    def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        batch, length = x.shape
-        cfg = self.cfg
+    def draw(self, batch: int, labels: torch.Tensor) -> dict:
+        """Every random choice for a batch (CPU tensors of `batch` rows), in a fixed order."""
+        cfg, params = self.cfg, {}
         if cfg.speed is not None:
-            x = self.change_speed(x, self._uniform(batch, *cfg.speed))
+            params["speed"] = self._uniform(batch, *cfg.speed)
         if cfg.shift_seconds > 0:
             limit = int(cfg.shift_seconds * self.sample_rate)
-            shift = torch.randint(-limit, limit + 1, (batch,), generator=self.gen)
-            source = torch.arange(length)[None, :] - shift[:, None]  # output t reads input t - shift
-            valid = (source >= 0) & (source < length)
-            x = torch.where(valid, x.gather(1, source.clamp(0, length - 1)), 0.0)
+            params["shift"] = torch.randint(-limit, limit + 1, (batch,), generator=self.gen)
         if self.noise is not None and cfg.noise_prob > 0:
-            pick = torch.randint(len(self.noise), (batch,), generator=self.gen)
-            noise = self.noise[pick, :length]
-            snr = self._uniform(batch, *cfg.snr_db)
-            signal_power = x.square().mean(1).clamp_min(1e-8)
-            noise_power = noise.square().mean(1).clamp_min(1e-8)
-            scale = torch.sqrt(signal_power / (noise_power * 10 ** (snr / 10)))
+            params["noise"] = torch.randint(len(self.noise), (batch,), generator=self.gen)
+            params["snr_db"] = self._uniform(batch, *cfg.snr_db)
             use = torch.rand(batch, generator=self.gen) < cfg.noise_prob
             if self.silence_label is not None:  # silence clips are noise already: keep them as they are
-                use &= labels != self.silence_label
-            x = x + (use * scale)[:, None] * noise
-        gain = 10 ** (self._uniform(batch, *cfg.gain_db) / 20)
+                use &= labels.cpu() != self.silence_label
+            params["use_noise"] = use
+        params["gain_db"] = self._uniform(batch, *cfg.gain_db)
+        return params
+
+    @staticmethod
+    def rows(params: dict, index) -> dict:
+        """The parameters of some rows of the batch (this process's share of a global batch)."""
+        return {name: value[index] for name, value in params.items()}
+
+    def apply(self, x: torch.Tensor, params: dict) -> torch.Tensor:
+        batch, length = x.shape
+        p = {name: value.to(x.device, non_blocking=True) for name, value in params.items()}
+        if "speed" in p:
+            x = self.change_speed(x, p["speed"])
+        if "shift" in p:
+            source = torch.arange(length, device=x.device)[None, :] - p["shift"][:, None]  # t reads t - shift
+            valid = (source >= 0) & (source < length)
+            x = torch.where(valid, x.gather(1, source.clamp(0, length - 1)), 0.0)
+        if "noise" in p:
+            noise = self.noise[p["noise"], :length].to(x.dtype)
+            signal_power = x.square().mean(1).clamp_min(1e-8)
+            noise_power = noise.square().mean(1).clamp_min(1e-8)
+            scale = torch.sqrt(signal_power / (noise_power * 10 ** (p["snr_db"] / 10)))
+            x = x + (p["use_noise"] * scale)[:, None] * noise
+        gain = 10 ** (p["gain_db"] / 20)
         return (x * gain[:, None]).clamp(-1.0, 1.0)
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.apply(x, self.draw(len(x), labels))
 
     @staticmethod
     def change_speed(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -64,6 +92,8 @@ class Augmenter:
         back into the band. Factors are rounded to SPEED_STEPS / n for an integer n, which keeps the resampler's
         polyphase filter small (the same few filters serve every batch).
         """
+        import torchaudio.functional as AF  # only speed perturbation needs torchaudio
+
         batch, length = x.shape
         out = torch.zeros_like(x)
         steps = torch.round(SPEED_STEPS / factor).long()

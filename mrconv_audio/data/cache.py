@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from ..atomic import atomic_write
@@ -73,6 +72,8 @@ def _fingerprint(dataset: SpeechCommands, examples: list[Example], extra: dict) 
 
 def read_example(ex: Example, sample_rate: int, length: int) -> np.ndarray:
     """One example as float32 at `sample_rate`, exactly `length` samples."""
+    import soundfile as sf  # here, not at the top: reading a built cache needs only numpy
+
     if ex.frames > 0:  # a segment of a longer file
         try:
             data, rate = sf.read(ex.path, start=ex.offset, frames=ex.frames, dtype="float32", always_2d=True)

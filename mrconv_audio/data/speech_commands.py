@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
 from ..model import SC35_LABELS
 
@@ -64,6 +63,8 @@ def read_list(path: Path) -> list[str]:
 
 def _spectral_shape(path: Path) -> np.ndarray:
     """Mean log power spectrum of a noise file, level removed: what tells one noise recording from another."""
+    import soundfile as sf  # imported where used: a built cache is read without it
+
     x, _ = sf.read(str(path), dtype="float32", always_2d=True)
     x = x.mean(axis=1)
     frames = x[: len(x) // 400 * 400].reshape(-1, 400) * np.hanning(400)
@@ -154,6 +155,8 @@ class SpeechCommands:
         return list(self._noise[split])
 
     def _split_noise(self) -> dict[str, list[Example]]:
+        import soundfile as sf
+
         segments: dict[str, list[Example]] = {}  # source -> its segments
         slices: list[tuple[Path, int]] = []
         for root in self.roots:
