@@ -209,8 +209,11 @@ def write_json(path, model_dir: str, results: list[RateResult], names: list[str]
 
 
 def default_model_dir() -> Path:
-    """The model shipped with the project (models/kws12-mrconv next to the package)."""
-    return Path(__file__).resolve().parent.parent / "models" / "kws12-mrconv"
+    """The shipped model: mrconv_audio/shipped/kws12-mrconv in an installed package (wheel, `pip install .`),
+    else models/kws12-mrconv next to the package in a source checkout (`pip install -e .`, PYTHONPATH)."""
+    package = Path(__file__).resolve().parent
+    candidates = [package / "shipped" / "kws12-mrconv", package.parent / "models" / "kws12-mrconv"]
+    return next((path for path in candidates if (path / "config.json").is_file()), candidates[-1])
 
 
 def infer_task(labels: list[str]) -> str:
