@@ -215,7 +215,8 @@ def build_demo(model, model_dir: str, compute_device: str = "auto"):
             return None, f"**Cannot classify this clip:** {literal(e)}", None, None
         n = len(result["timeline"])
         heard = f"{n} word{'' if n == 1 else 's'} detected along the clip; " if result["long"] else ""
-        info = (f"**{literal(result['label'])}** — {heard}{result['duration']:.2f} s at **{result['sample_rate']} Hz** "
+        info = (f"**{literal(result['label'])}** — {heard}{result['duration']:.2f} s at "
+                f"**{result['sample_rate']} Hz** "
                 f"(classified at that rate), {result['latency_ms']:.0f} ms per window on {analyzer.device}")
         # A long clip's headline is its detected words (their scores are in the timeline), a short one's the top-k.
         label = result["label"] if result["long"] else result["confidences"]

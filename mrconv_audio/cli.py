@@ -52,7 +52,8 @@ def describe(model, info: dict, model_dir: Path | None, preset: str | None) -> s
              else "raw waveform in, ")
     lines += [
         f"  classes ({len(cfg.labels)}): {', '.join(cfg.labels)}",
-        f"  {'trains' if model_dir is None else 'trained'} at {cfg.sample_rate} Hz, {cfg.clip_seconds:g} s window; runs at {low:g} to {high:g} Hz",
+        f"  {'trains' if model_dir is None else 'trained'} at {cfg.sample_rate} Hz, {cfg.clip_seconds:g} s window; "
+        f"runs at {low:g} to {high:g} Hz",
         f"  {front}{cfg.depth} MRConv blocks of width {cfg.d_model}, {cfg.kernel} kernels, "
         f"{'bidirectional' if cfg.bidirectional else 'causal'}",
         f"  parameters: {info['parameters']:,}" + (f" ({info['parameters_merged']:,} merged for inference)"

@@ -34,7 +34,8 @@ def run_cli(args, **kwargs):
 @pytest.mark.parametrize("args", [["--help"], ["detect", "--help"], ["evaluate", "--help"], ["demo", "--help"],
                                   ["train", "--help"], ["listen", "--help"]])
 def test_help_imports_no_torch_gradio_or_sounddevice(args):
-    code = ("import sys\nfrom mrconv_audio.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom mrconv_audio.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, *args], env={**os.environ, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, check=True).stdout

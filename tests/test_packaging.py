@@ -41,7 +41,8 @@ def wheel(tmp_path_factory):
 def test_wheel_holds_every_package_the_model_and_the_examples(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     inits = [p for top in ("mrconv_audio", "app") for p in (REPO / top).rglob("__init__.py")]
-    for package in {str(p.parent.relative_to(REPO)) for p in inits}:  # a subpackage missing from pyproject.toml's list would be left out of the wheel
+    # A subpackage missing from pyproject.toml's list would be left out of the wheel.
+    for package in {str(p.parent.relative_to(REPO)) for p in inits}:
         assert f"{package}/__init__.py" in names, f"{package} is not in the wheel: add it to pyproject.toml"
     for name in MODEL_FILES:
         assert f"mrconv_audio/shipped/kws12-mrconv/{name}" in names
