@@ -1,9 +1,10 @@
 """`mrconv-audio demo`: a Gradio web demo over mrconv_audio.streaming.
 
-Tabs: a live microphone (streaming, label and top-k updating as you speak, detections listed), a clip (record or
-upload at any rate: top-k, waveform, spectrogram, a detection timeline for clips longer than the window), and the
-model (classes, rate, device, latency, merged kernels per layer). The `predict` API takes an audio file and returns
-the label and confidences. Bad input raises gr.Error: the page shows the message and the server keeps serving.
+Tabs: a live microphone (streaming, label and top-k updating as you speak, detections listed, input level), a clip
+(record, upload or pick an example at any rate; classified at once: top-k, waveform, spectrogram, and for clips longer
+than the window the words detected along it), and the model (classes, rate, device, latency, merged kernels per
+layer). The `predict` API takes an audio file and returns {"label", "confidences", "detections"} (see predict).
+Bad input shows its message in the page and clears the last result; the server keeps serving.
 """
 from __future__ import annotations
 
@@ -25,6 +26,25 @@ EXAMPLES = Path(__file__).resolve().parent / "examples"
 MAX_CLIP_SECONDS = 60.0
 MAX_FILE_MB = 20
 SILENCE_DBFS = -60.0
+NO_KEYWORD = "no keyword detected"
+TIMELINE_HEADERS = ["time (s)", "word", "score"]
+
+
+def literal(text: str) -> str:
+    """Text shown as is inside Markdown (`_silence_` must not turn into an italic "silence")."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", str(text))
+
+
+def example_word(path) -> str:
+    """The word of a Speech Commands file name: down_3b4f8f24_nohash_0.wav -> down."""
+    return Path(path).name.split("_")[0]
+
+
+def level_meter(dbfs: float, gated: bool) -> str:
+    """Input level as a bar from -60 to 0 dBFS, and whether it is loud enough to be classified."""
+    filled = int(round(np.clip((dbfs + 60) / 60, 0, 1) * 20))
+    note = "too quiet: speak up or move closer" if gated else "listening"
+    return f"input level {dbfs:6.1f} dBFS  {'█' * filled}{'·' * (20 - filled)}  ({note})"
 
 
 class InputProblem(ValueError):
@@ -79,20 +99,23 @@ class ClipAnalyzer:
         return {label: float(p) for label, p in zip(self.labels, probs)}, latency
 
     def classify(self, path) -> dict:
-        """A clip: top-k of its loudest window, and detections along it when it is longer than the window."""
+        """A clip: top-k of its loudest window and, when it is longer than the window, the keywords detected along it
+        (the streaming engine, hop 0.1 s). The label is the top class for a short clip and, for a long one, the
+        detected words in order (one window's top class would name a word the clip may not contain)."""
         x, rate = self.read(path)
         window = self.model.max_samples(rate)
         start = loudest_window_start(x, window)
         probs, latency = self.probabilities(x[start : start + window], rate)
-        timeline = []
+        top = dict(sorted(probs.items(), key=lambda kv: -kv[1])[: self.top_k])
+        label, timeline = max(probs, key=probs.get), []
         if len(x) > window:
             spotter = KeywordSpotter(self.model, rate, StreamConfig(hop_seconds=0.1), device=str(self.device))
             results = spotter.push(x) + spotter.push(np.zeros(window, np.float32))
             timeline = [[round(r.detection.time, 2), r.detection.label, round(r.detection.score, 3)]
                         for r in results if r.detection is not None]
-        top = dict(sorted(probs.items(), key=lambda kv: -kv[1])[: self.top_k])
-        return {"label": max(probs, key=probs.get), "confidences": top, "sample_rate": rate,
-                "duration": len(x) / rate, "latency_ms": latency, "timeline": timeline, "audio": x}
+            label = ", ".join(word for _, word, _ in timeline) or NO_KEYWORD
+        return {"label": label, "confidences": top, "sample_rate": rate, "duration": len(x) / rate,
+                "latency_ms": latency, "long": len(x) > window, "timeline": timeline, "audio": x}
 
 
 def loudest_window_start(x: np.ndarray, window: int) -> int:
@@ -148,12 +171,25 @@ def kernel_figure(model):
             ax.plot(lag, k[0, c].numpy(), linewidth=0.6)
             if k.shape[0] == 2:
                 ax.plot(-(np.arange(taps) + 1) / rate * 1000, k[1, c].numpy(), linewidth=0.6)
-        ax.set_xscale("symlog", linthresh=5)
+        set_lag_axis(ax, k.shape[0] == 2, taps / rate * 1000)
         ax.set_ylabel(f"layer {i + 1}")
-    axes[-1, 0].set_xlabel("lag (ms, symmetric log scale)")
+    axes[-1, 0].set_xlabel("lag (ms, symmetric log scale: linear within ±10 ms)")
     fig.suptitle("merged kernels (4 channels per layer)")
     fig.tight_layout()
     return fig
+
+
+def set_lag_axis(ax, two_sided: bool, longest_ms: float) -> None:
+    """Symmetric log lag axis with ticks at 0 and powers of ten (ms) only, spaced at least a decade apart: matplotlib's
+    own symlog ticks crowd together around zero."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xscale("symlog", linthresh=10, linscale=1)
+    decades = [10.0**e for e in range(1, 6) if 10.0**e <= longest_ms * 1.5]
+    ticks = [0.0] + decades + ([-d for d in decades] if two_sided else [])
+    ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def build_demo(model, model_dir: str, compute_device: str = "auto"):
@@ -166,26 +202,41 @@ def build_demo(model, model_dir: str, compute_device: str = "auto"):
     warm = rng.standard_normal(model.max_samples()).astype(np.float32) * 0.1
     _, clip_latency = analyzer.probabilities(warm, model.config.sample_rate)
 
-    def on_clip(path):
+    empty_clip = (None, "", None, None)  # label, info, plot, timeline: nothing shown
+
+    def on_clip(path, explain_missing=True):
+        """The Clip tab's outputs; a problem clears them and shows its message (a toast and the info line)."""
+        if path is None and not explain_missing:  # the audio was cleared: clear the result with it
+            return empty_clip
         try:
             result = analyzer.classify(path)
         except InputProblem as e:
-            raise gr.Error(str(e), duration=None, print_exception=False) from None
-        info = (f"**{result['label']}** — {result['duration']:.2f} s at **{result['sample_rate']} Hz** "
-                f"(classified at that rate), {result['latency_ms']:.0f} ms on {analyzer.device}")
-        return (result["confidences"], info, waveform_figure(result["audio"], result["sample_rate"]),
-                result["timeline"])
+            gr.Warning(str(e), duration=None)
+            return None, f"**Cannot classify this clip:** {literal(e)}", None, None
+        n = len(result["timeline"])
+        heard = f"{n} word{'' if n == 1 else 's'} detected along the clip; " if result["long"] else ""
+        info = (f"**{literal(result['label'])}** — {heard}{result['duration']:.2f} s at "
+                f"**{result['sample_rate']} Hz** "
+                f"(classified at that rate), {result['latency_ms']:.0f} ms per window on {analyzer.device}")
+        # A long clip's headline is its detected words (their scores are in the timeline), a short one's the top-k.
+        label = result["label"] if result["long"] else result["confidences"]
+        return label, info, waveform_figure(result["audio"], result["sample_rate"]), result["timeline"] or None
 
     def predict(path):
+        """API: an audio file in; out {"label": the top class of a clip up to 1 s, or the words detected along a longer
+        one, in order ("no keyword detected" if none), "confidences": [{"label", "confidence"}] top 5 of the loudest
+        1 s window, "detections": [{"time", "label", "score"}] along a clip longer than 1 s}."""
         try:
             result = analyzer.classify(path)
         except InputProblem as e:
             raise gr.Error(str(e), print_exception=False) from None
-        return result["confidences"]
+        return {"label": result["label"],
+                "confidences": [{"label": k, "confidence": v} for k, v in result["confidences"].items()],
+                "detections": [{"time": t, "label": w, "score": p} for t, w, p in result["timeline"]]}
 
     def on_stream(chunk, state):
         if chunk is None:
-            return gr.skip(), gr.skip(), state
+            return gr.skip(), gr.skip(), state, gr.skip()
         rate, data = chunk
         try:
             if state is None or state["rate"] != rate:
@@ -196,60 +247,90 @@ def build_demo(model, model_dir: str, compute_device: str = "auto"):
         except ValueError as e:
             raise gr.Error(f"Cannot use the microphone stream: {e}") from None
         if not results:
-            return gr.skip(), gr.skip(), state
+            return gr.skip(), gr.skip(), state, gr.skip()
         for r in results:
             if r.detection is not None:
                 state["detections"].insert(0, f"{r.detection.time:6.2f} s  {r.detection.label}  "
                                               f"({r.detection.score:.2f})")
         latest = results[-1]
         top = dict(latest.top(analyzer.labels, analyzer.top_k))
-        return top, "\n".join(state["detections"][:20]) or "(none yet)", state
+        return (top, "\n".join(state["detections"][:20]) or "(none yet)", state,
+                level_meter(latest.rms_dbfs, latest.gated))
 
     examples = sorted(str(p) for p in EXAMPLES.glob("*.wav"))
     cfg = model.config
+    low, high = analyzer.rate_range
+    keywords = [c for c in cfg.labels if not c.startswith("_")]
     with gr.Blocks(title="MRConv keyword spotting", analytics_enabled=False) as demo:
         gr.Markdown(f"# MRConv keyword spotting\nModel `{Path(model_dir).name}`: {len(cfg.labels)} classes, "
-                    f"trained at {cfg.sample_rate} Hz, running on **{analyzer.device}**. Audio at any rate from "
-                    f"{analyzer.rate_range[0]:g} to {analyzer.rate_range[1]:g} Hz is classified at its own rate.")
+                    f"trained at {cfg.sample_rate / 1000:g} kHz, running on **{analyzer.device}**. Audio at any rate "
+                    f"from {low / 1000:g} to {high / 1000:g} kHz is classified at its own rate.")
         with gr.Tab("Live microphone"):
+            gr.Markdown(f"Press **Record**, allow the microphone, and say one of these words, one at a time: "
+                        f"**{', '.join(keywords)}**. Detections appear on the right with their time in the stream; "
+                        f"the bars show what the model hears now (`_silence_`: no speech, `_unknown_`: another word).",
+                        elem_id="live-help")
             mic = gr.Audio(sources=["microphone"], streaming=True, label="Microphone", elem_id="live-mic")
+            level = gr.Textbox(label="Input", value="input level: waiting for the microphone", interactive=False,
+                               elem_id="live-level")
             with gr.Row():
                 live_label = gr.Label(num_top_classes=analyzer.top_k, label="Now hearing", elem_id="live-label")
                 live_detections = gr.Textbox(label="Detections (time in stream)", lines=10, elem_id="live-detections")
             session = gr.State(None)
-            mic.stream(on_stream, inputs=[mic, session], outputs=[live_label, live_detections, session],
-                       stream_every=0.25, time_limit=600, concurrency_limit=4, api_visibility="private")
+            # show_progress hidden: Gradio's running timer would cover the label's last percentage.
+            mic.stream(on_stream, inputs=[mic, session], outputs=[live_label, live_detections, session, level],
+                       stream_every=0.25, time_limit=600, concurrency_limit=4, api_visibility="private",
+                       show_progress="hidden")
         with gr.Tab("Clip"):
             with gr.Row():
                 with gr.Column():
                     clip = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Record or upload",
                                     elem_id="clip-audio")
-                    classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
-                    gr.Examples(examples, inputs=clip, label="Speech Commands examples (CC BY 4.0, Warden 2018)")
+                    classify_button = gr.Button("Classify again", variant="secondary", elem_id="classify")
+                    gr.Examples(examples, inputs=clip, example_labels=[example_word(e) for e in examples],
+                                label="Speech Commands examples (CC BY 4.0, Warden 2018)")
                 with gr.Column():
-                    clip_label = gr.Label(num_top_classes=analyzer.top_k, label="Top classes", elem_id="clip-label")
+                    clip_label = gr.Label(num_top_classes=analyzer.top_k, label="Result", elem_id="clip-label")
                     clip_info = gr.Markdown(elem_id="clip-info")
             clip_plot = gr.Plot(label="Waveform and spectrogram")
-            timeline = gr.Dataframe(headers=["time (s)", "label", "score"], label="Detections along the clip",
+            timeline = gr.Dataframe(headers=TIMELINE_HEADERS, label="Words detected along the clip (clips over 1 s)",
                                     elem_id="timeline")
-            classify_button.click(on_clip, inputs=clip, outputs=[clip_label, clip_info, clip_plot, timeline],
-                                  api_visibility="private")
+            clip_outputs = [clip_label, clip_info, clip_plot, timeline]
+            # Upload, recording and examples all change the audio: classify at once. The button classifies again.
+            clip.change(lambda path: on_clip(path, explain_missing=False), inputs=clip, outputs=clip_outputs,
+                        api_visibility="private")
+            classify_button.click(on_clip, inputs=clip, outputs=clip_outputs, api_visibility="private")
         with gr.Tab("Model"):
             gr.Markdown(
-                f"- folder: `{model_dir}`\n- classes: {', '.join(f'`{c}`' for c in cfg.labels)}\n- trained at {cfg.sample_rate} Hz, "
-                f"window {cfg.clip_seconds:g} s\n- {cfg.kernel} kernels, width {cfg.d_model}, depth {cfg.depth}, "
-                f"l0 {cfg.l0}, {'bidirectional' if cfg.bidirectional else 'causal'}, merged for inference\n"
-                f"- device: {analyzer.device}; one 1 s clip: {clip_latency:.1f} ms")
+                f"- folder: `{model_dir}`\n- classes: {', '.join(f'`{c}`' for c in cfg.labels)}\n"
+                f"- trained at {cfg.sample_rate / 1000:g} kHz, window {cfg.clip_seconds:g} s; runs at "
+                f"{low / 1000:g} to {high / 1000:g} kHz\n- {cfg.kernel} kernels, width {cfg.d_model}, depth "
+                f"{cfg.depth}, l0 {cfg.l0}, {'bidirectional' if cfg.bidirectional else 'causal'}, merged for "
+                f"inference\n- device: {analyzer.device}; one 1 s clip: {clip_latency:.1f} ms")
             gr.Plot(value=kernel_figure(analyzer.model), label="Merged kernels")
-        # The API: audio file in, label and confidences out (gradio_client: api_name="/predict").
+        # The API (gradio_client: api_name="/predict"): an audio file in, a JSON object out (see predict).
         api_in = gr.Audio(type="filepath", visible=False)
-        api_out = gr.Label(visible=False)
+        api_out = gr.JSON(visible=False)
         api_in.change(predict, inputs=api_in, outputs=api_out, api_name="predict")
     return demo
 
 
-def launch(model, model_dir, host="127.0.0.1", port=7860, share=False, compute_device="auto", block=True):
+def launch(model, model_dir, host="127.0.0.1", port=7860, share=False, compute_device="auto", block=True,
+           quiet=None):
+    """Serve the demo. Gradio's own start-up lines speak of launch() arguments; these speak of the command's options."""
     demo = build_demo(model, model_dir, compute_device)
     demo.queue(default_concurrency_limit=4)
-    return demo.launch(server_name=host, server_port=port, share=share, max_file_size=f"{MAX_FILE_MB}mb",
-                       prevent_thread_lock=not block, show_error=True, quiet=not block)
+    try:
+        demo.launch(server_name=host, server_port=port, share=share, max_file_size=f"{MAX_FILE_MB}mb",
+                    prevent_thread_lock=True, show_error=True, quiet=True)
+    except OSError as e:
+        if "Cannot find empty port" not in str(e):
+            raise
+        raise OSError(f"port {port} on {host} is in use (another demo?): choose another with --port, "
+                      f"e.g. --port {port + 1}") from None
+    if not (quiet if quiet is not None else not block):
+        print(f"* Demo running on http://{host}:{port} (Ctrl-C to stop)")
+        print(f"* Public link: {demo.share_url}" if share else "* To get a public link, run it with --share")
+    if block:
+        demo.block_thread()
+    return demo

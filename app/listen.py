@@ -125,8 +125,9 @@ def run_listen(model, device=None, samplerate=None, threshold=0.6, hop=0.25, rec
     return stats
 
 
-def detect_file(model, path, hop=0.1, threshold=0.6, mode="kernel", compute_device="auto") -> dict:
-    """Run the streaming engine over a recording; returns {"file", "sample_rate", "duration", "detections"}."""
+def detect_file(model, path, hop=0.1, threshold=0.6, mode="kernel", compute_device="auto", progress=None) -> dict:
+    """Run the streaming engine over a recording; returns {"file", "sample_rate", "duration", "detections"}.
+    `progress(samples_done, samples_total)`, if given, is called after every hop."""
     from mrconv_audio.data.audio import load_audio
 
     x, rate = load_audio(path)
@@ -135,6 +136,8 @@ def detect_file(model, path, hop=0.1, threshold=0.6, mode="kernel", compute_devi
     results = []
     for i in range(0, len(x), spotter.hop):
         results += spotter.push(x[i : i + spotter.hop])
+        if progress is not None:
+            progress(min(i + spotter.hop, len(x)), len(x))
     # Flush: let the last word leave through a window's worth of silence.
     results += spotter.push(np.zeros(spotter.window, np.float32))
     found = [r.detection for r in results if r.detection is not None]

@@ -8,7 +8,9 @@ integer factors only) or by sinc resampling (torchaudio); `decimate` falls back 
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,8 +67,10 @@ def score(logits: torch.Tensor, labels: torch.Tensor, names: list[str]) -> tuple
 
 
 def evaluate_rates(model, waveforms: torch.Tensor, labels: torch.Tensor, source_rate: int, rates, modes=MODES,
-                   input_resample: str = "decimate", batch_size: int = 64, log=print) -> list[RateResult]:
-    """Accuracy for each (rate, mode) of 1-clip-per-row audio recorded at `source_rate`."""
+                   input_resample: str = "decimate", batch_size: int = 64, log=print,
+                   progress=None) -> list[RateResult]:
+    """Accuracy for each (rate, mode) of 1-clip-per-row audio recorded at `source_rate`.
+    `progress(clips)`, if given, is called after each (rate, mode) with the number of clips classified."""
     model_rate = model.config.sample_rate
     results = []
     for rate in rates:
@@ -80,7 +84,11 @@ def evaluate_rates(model, waveforms: torch.Tensor, labels: torch.Tensor, source_
                 logits = predict(model, back, batch_size=batch_size)
             acc, per_class, confusion = score(logits, labels, model.labels)
             results.append(RateResult(rate, mode, acc, len(labels), how, per_class, confusion))
-            log(f"{rate:>6} Hz  {mode:<6}  accuracy {acc:.4f}  (n={len(labels)}, audio {how})")
+            if progress is not None:
+                progress(len(labels))
+            audio = {"none": f"as recorded at {source_rate} Hz", "decimate": f"decimated from {source_rate} Hz",
+                     "sinc": f"sinc-resampled from {source_rate} Hz"}[how]
+            log(f"{rate:>6} Hz  {mode:<6}  accuracy {100 * acc:6.2f}%  ({len(labels)} clips, audio {audio})")
     return results
 
 
@@ -108,20 +116,59 @@ def read_folder(folder, labels: list[str], max_seconds: float = 600) -> tuple[li
                 problems.append(str(e))
                 continue
             items.append((torch.from_numpy(x), rate, index))
+    if not items:
+        found = f" ({dict(skipped)})" if skipped else ""
+        raise ValueError(f"no <label>/ folders with audio in {folder}{found}: expected e.g. {folder}/yes/*.wav")
     return items, dict(skipped), problems
 
 
+def merge_results(results: list[RateResult], names: list[str]) -> list[RateResult]:
+    """One result per (rate, mode): groups of files at different native rates brought to the same rate are joined."""
+    merged: dict[tuple, RateResult] = {}
+    for r in results:
+        key = (r.rate, r.mode)
+        if key not in merged:
+            merged[key] = r
+            continue
+        m = merged[key]
+        confusion = (torch.tensor(m.confusion) + torch.tensor(r.confusion)).tolist()
+        correct = sum(confusion[i][i] for i in range(len(names)))
+        per_class = {name: round(confusion[i][i] / sum(confusion[i]), 4)
+                     for i, name in enumerate(names) if sum(confusion[i]) > 0}
+        how = m.resample if m.resample == r.resample else "mixed"
+        merged[key] = RateResult(m.rate, m.mode, correct / (m.n + r.n), m.n + r.n, how, per_class, confusion)
+    return list(merged.values())
+
+
 def results_table(results: list[RateResult]) -> str:
-    lines = [f"{'rate (Hz)':>10}  {'kernel':>8}  {'input':>8}  {'n':>6}"]
+    lines = [f"{'rate (Hz)':>10}  {'kernel %':>8}  {'input %':>8}  {'n':>6}"]
     by_rate = defaultdict(dict)
     for r in results:
         by_rate[r.rate][r.mode] = r
     for rate in sorted(by_rate):
         row = by_rate[rate]
-        cell = lambda m: f"{row[m].accuracy:8.4f}" if m in row else f"{'-':>8}"
+        cell = lambda m: f"{100 * row[m].accuracy:8.2f}" if m in row else f"{'-':>8}"
         n = next(iter(row.values())).n
         lines.append(f"{rate:>10}  {cell('kernel')}  {cell('input')}  {n:>6}")
     return "\n".join(lines)
+
+
+def per_class_table(results: list[RateResult], names: list[str]) -> str:
+    """Accuracy of each class (rows) at each rate (columns), one block per mode; n: clips of the class."""
+    blocks = []
+    for mode in MODES:
+        rows = sorted((r for r in results if r.mode == mode), key=lambda r: r.rate)
+        if not rows:
+            continue
+        width = max(len(n) for n in names) + 2
+        lines = [f"per-class accuracy (%), {mode} mode", f"{'class':<{width}}{'n':>6}" +
+                 "".join(f"{r.rate:>8}" for r in rows)]
+        for i, name in enumerate(names):
+            count = sum(rows[0].confusion[i]) if rows[0].confusion else 0
+            cells = "".join(f"{100 * r.per_class[name]:8.1f}" if name in r.per_class else f"{'-':>8}" for r in rows)
+            lines.append(f"{name:<{width}}{count:>6}{cells}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def plot_results(results: list[RateResult], path, title: str = "") -> None:
@@ -148,19 +195,25 @@ def plot_results(results: list[RateResult], path, title: str = "") -> None:
     plt.close(fig)
 
 
-def write_json(path, model_dir: str, results: list[RateResult], extra: dict | None = None) -> None:
+def write_json(path, model_dir: str, results: list[RateResult], names: list[str],
+               extra: dict | None = None) -> None:
     payload = {
         "model": str(model_dir),
         "results": [{k: v for k, v in r.__dict__.items() if k != "confusion"} for r in results],
-        "confusion": {f"{r.rate}/{r.mode}": r.confusion for r in results},
+        "confusion_axes": "confusion[rate/mode][true class][predicted class] = clips",
+        "confusion": {f"{r.rate}/{r.mode}": {true: dict(zip(names, row)) for true, row in zip(names, r.confusion)}
+                      for r in results},
         **(extra or {}),
     }
     Path(path).write_text(json.dumps(payload, indent=1) + "\n")
 
 
 def default_model_dir() -> Path:
-    """The model shipped with the project (models/kws12-mrconv next to the package)."""
-    return Path(__file__).resolve().parent.parent / "models" / "kws12-mrconv"
+    """The shipped model: mrconv_audio/shipped/kws12-mrconv in an installed package (wheel, `pip install .`),
+    else models/kws12-mrconv next to the package in a source checkout (`pip install -e .`, PYTHONPATH)."""
+    package = Path(__file__).resolve().parent
+    candidates = [package / "shipped" / "kws12-mrconv", package.parent / "models" / "kws12-mrconv"]
+    return next((path for path in candidates if (path / "config.json").is_file()), candidates[-1])
 
 
 def infer_task(labels: list[str]) -> str:
@@ -188,8 +241,9 @@ def run_evaluation(args, log=print) -> dict:
                            cache_dir=args.cache_dir, log=log)
         rates = args.rates or DEFAULT_RATES
         waveforms, labels = split.waveforms(np.arange(len(split))), torch.from_numpy(split.labels)
-        results = evaluate_rates(model, waveforms, labels, 16000, rates, modes, args.input_resample,
-                                 args.batch_size, log)
+        with progress_bar(len(labels) * len(rates) * len(modes), log) as (bar, say):
+            results = evaluate_rates(model, waveforms, labels, 16000, rates, modes, args.input_resample,
+                                     args.batch_size, say, bar.update)
         extra.update(data_root=[str(r) for r in args.data_root], split=args.split, task=task, skipped=split.skipped)
     else:
         items, skipped, problems = read_folder(args.folder, model.labels)
@@ -197,18 +251,34 @@ def run_evaluation(args, log=print) -> dict:
         groups: dict[int, list] = defaultdict(list)
         for x, rate, index in items:
             groups[rate].append((x, index))
-        for native, group in sorted(groups.items()):
-            targets = args.rates or [native]
-            window = round(model.config.clip_seconds * native)
-            x = torch.stack([fit_length(w, window) for w, _ in group])
-            y = torch.tensor([i for _, i in group])
-            results += evaluate_rates(model, x, y, native, targets, modes, args.input_resample, args.batch_size, log)
+        steps = sum(len(group) * len(args.rates or [native]) for native, group in groups.items()) * len(modes)
+        with progress_bar(steps, log) as (bar, say):
+            for native, group in sorted(groups.items()):
+                targets = args.rates or [native]
+                window = round(model.config.clip_seconds * native)
+                x = torch.stack([fit_length(w, window) for w, _ in group])
+                y = torch.tensor([i for _, i in group])
+                results += evaluate_rates(model, x, y, native, targets, modes, args.input_resample, args.batch_size,
+                                          say, bar.update)
+        results = merge_results(results, model.labels)
         extra.update(folder=str(args.folder), skipped=skipped, problems=problems[:50])
         if skipped:
             log(f"skipped: {skipped}")
     log(results_table(results))
+    log("")
+    log(per_class_table(results, model.labels))
     if args.json_out:
-        write_json(args.json_out, str(model_dir), results, extra)
+        write_json(args.json_out, str(model_dir), results, model.labels, extra)
     if args.plot:
         plot_results(results, args.plot, title=f"{model_dir.name}")
     return {"results": results, **extra}
+
+
+@contextmanager
+def progress_bar(total: int, log):
+    """A bar of clips classified, on stderr and only on a terminal; yields (bar, log) with log lines that keep
+    the bar intact."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc="evaluate", unit=" clips", leave=False, disable=None, file=sys.stderr) as bar:
+        yield bar, (log if bar.disable else lambda line: tqdm.write(str(line), file=sys.stdout))

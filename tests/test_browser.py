@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_demo import LABELS, free_port, speechlike, tiny_model  # noqa: E402
+from test_demo import LABELS, free_port, speechlike, spoken_words, tiny_model  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -32,6 +32,16 @@ def url():
 
 
 @pytest.fixture(scope="module")
+def shipped_url():
+    from app.demo import launch
+    from mrconv_audio.cli import load_model
+
+    port = free_port()
+    launch(load_model(None), "kws12-mrconv", port=port, block=False)
+    yield f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
 def playwright():
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
     with sync_api.sync_playwright() as p:
@@ -48,7 +58,15 @@ def open_page(playwright, tmp_path, url, extra_args=(), permissions=()):
     return context, page
 
 
-def test_upload_a_wav_and_read_the_label(playwright, url, tmp_path):
+def upload(page, path):
+    """Put a file into the Clip tab's audio, clearing what is there first."""
+    clear = page.locator("#clip-audio button[aria-label='Clear']")
+    if clear.count():
+        clear.click()
+    page.locator("#clip-audio input[type=file]").set_input_files(str(path))
+
+
+def test_upload_classifies_at_once(playwright, url, tmp_path):
     from gradio_client import Client, handle_file
 
     wav = tmp_path / "word.wav"
@@ -57,8 +75,7 @@ def test_upload_a_wav_and_read_the_label(playwright, url, tmp_path):
     context, page = open_page(playwright, tmp_path, url)
     try:
         page.get_by_role("tab", name="Clip").click()
-        page.locator("#clip-audio input[type=file]").set_input_files(str(wav))
-        page.locator("#classify").click()
+        upload(page, wav)  # no button pressed
         page.wait_for_selector("#clip-info:has-text('16000 Hz')", timeout=90000)
         assert expected in page.locator("#clip-label").inner_text()
         page.screenshot(path=str(tmp_path / "clip.png"), full_page=True)
@@ -66,16 +83,69 @@ def test_upload_a_wav_and_read_the_label(playwright, url, tmp_path):
         context.close()
 
 
-def test_a_bad_file_shows_the_error_in_the_page(playwright, url, tmp_path):
-    bad = tmp_path / "notes.wav"
+def test_an_example_button_shows_its_word_and_classifies_at_once(playwright, shipped_url, tmp_path):
+    context, page = open_page(playwright, tmp_path, shipped_url)
+    try:
+        page.get_by_role("tab", name="Clip").click()
+        page.get_by_role("button", name="left", exact=True).click()
+        page.wait_for_selector("#clip-info:has-text('16000 Hz')", timeout=90000)
+        assert page.locator("#clip-label [data-testid=label-output-value]").inner_text() == "left"
+    finally:
+        context.close()
+
+
+def test_long_clip_headline_names_the_words_detected(playwright, shipped_url, tmp_path):
+    wav = tmp_path / "words.wav"
+    sf.write(wav, spoken_words(["down", "left", "no", "stop"])[0], 16000)
+    context, page = open_page(playwright, tmp_path, shipped_url)
+    try:
+        page.get_by_role("tab", name="Clip").click()
+        upload(page, wav)
+        page.wait_for_selector("#clip-info:has-text('11.00 s')", timeout=90000)
+        assert page.locator("#clip-label [data-testid=label-output-value]").inner_text() == "down, left, no, stop"
+        page.wait_for_selector("#timeline:has-text('stop')", timeout=90000)
+        words = [w for w in page.locator("#timeline").inner_text().split() if w in LABELS]
+        assert words == ["down", "left", "no", "stop"]
+    finally:
+        context.close()
+
+
+def test_a_bad_file_clears_the_last_result_and_says_why(playwright, url, tmp_path):
+    good, bad = tmp_path / "word.wav", tmp_path / "notes.wav"
+    sf.write(good, speechlike(3, 16000), 16000)
     bad.write_text("these are my notes, not audio")
     context, page = open_page(playwright, tmp_path, url)
     try:
         page.get_by_role("tab", name="Clip").click()
-        page.locator("#clip-audio input[type=file]").set_input_files(str(bad))
-        page.wait_for_timeout(1000)
+        upload(page, good)
+        page.wait_for_selector("#clip-info:has-text('16000 Hz')", timeout=90000)
+        page.wait_for_selector("#clip-label [data-testid=label-output-value]", timeout=90000)
+        upload(page, bad)
+        page.wait_for_selector("#clip-info:has-text('Cannot use this file')", timeout=90000)
+        assert page.locator("#clip-label [data-testid=label-output-value]").count() == 0  # the old label is gone
+        assert "16000 Hz" not in page.locator("#clip-info").inner_text()
+        assert not [w for w in page.locator("#timeline").inner_text().split() if w in LABELS]
+        assert page.get_by_text("Error", exact=True).count() == 0  # no red Error pills over the outputs
+        # Classify with no audio: the same, with its own message.
+        page.locator("#clip-audio button[aria-label='Clear']").click()
         page.locator("#classify").click()
-        page.wait_for_selector("text=Cannot use this file", timeout=90000)
+        page.wait_for_selector("#clip-info:has-text('No audio')", timeout=90000)
+        assert page.get_by_text("Error", exact=True).count() == 0
+        page.screenshot(path=str(tmp_path / "bad.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def test_labels_show_literally(playwright, shipped_url, tmp_path):
+    wav = tmp_path / "noise.wav"  # a second of low noise: the shipped model calls it _silence_
+    sf.write(wav, 0.01 * np.random.default_rng(0).standard_normal(16000).astype(np.float32), 16000)
+    context, page = open_page(playwright, tmp_path, shipped_url)
+    try:
+        page.get_by_role("tab", name="Clip").click()
+        upload(page, wav)
+        page.wait_for_selector("#clip-info:has-text('16000 Hz')", timeout=90000)
+        assert page.locator("#clip-info").inner_text().startswith("_silence_ — ")  # not an italic "silence"
+        assert page.locator("#clip-info em").count() == 0
     finally:
         context.close()
 
@@ -100,5 +170,8 @@ def test_browser_microphone_stream_updates_the_live_label(playwright, url, tmp_p
             seen.add(label.inner_text())
         assert len(seen) > 1  # the label and probabilities keep updating while audio streams in
         assert any(name in text for text in seen for name in LABELS)
+        assert "dBFS" in page.locator("#live-level textarea").input_value()  # the input level follows the audio
+        help_text = page.locator("#live-help").inner_text()
+        assert "Record" in help_text and all(word in help_text for word in LABELS[:10])
     finally:
         context.close()

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from app.demo import MAX_CLIP_SECONDS, ClipAnalyzer, InputProblem, launch
+from app.demo import (EXAMPLES, MAX_CLIP_SECONDS, NO_KEYWORD, ClipAnalyzer, InputProblem, example_word, kernel_figure,
+                      launch, literal)
 from helpers import randomize_batchnorms
 from mrconv_audio import MRConvClassifier, MRConvConfig
 from speech_tree import KEYWORDS
@@ -48,6 +49,64 @@ def test_clip_at_its_own_rate_gives_top_k(analyzer, tmp_path):
 def test_long_clip_gets_a_detection_timeline(analyzer, tmp_path):
     result = analyzer.classify(write(tmp_path / "l.wav", speechlike(5, 22050), 22050))
     assert result["duration"] == pytest.approx(5, abs=1e-3) and isinstance(result["timeline"], list)
+    assert result["long"] and result["label"] == (", ".join(w for _, w, _ in result["timeline"]) or NO_KEYWORD)
+
+
+def spoken_words(words, rate=16000, gap=1.5):
+    """The shipped examples of `words`, each after `gap` seconds of silence, and their start times."""
+    parts, starts = [], []
+    for word in words:
+        (path,) = EXAMPLES.glob(f"{word}_*.wav")
+        x, r = sf.read(path, dtype="float32")
+        assert r == rate
+        parts += [np.zeros(int(gap * rate), np.float32), x]
+        starts.append(sum(len(p) for p in parts[:-1]) / rate)
+    return np.concatenate(parts + [np.zeros(rate, np.float32)]), starts
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from mrconv_audio.cli import load_model
+
+    return ClipAnalyzer(load_model(None))
+
+
+def test_long_clip_headline_is_the_words_detected_in_order(shipped, tmp_path):
+    # Four real words in 11 s: the headline names them in order, not the top class of one window.
+    x, starts = spoken_words(["down", "left", "no", "stop"])
+    result = shipped.classify(write(tmp_path / "words.wav", x, 16000))
+    assert [w for _, w, _ in result["timeline"]] == ["down", "left", "no", "stop"]
+    assert result["label"] == "down, left, no, stop"
+    for (time, _, _), start in zip(result["timeline"], starts):
+        assert start - 0.2 <= time <= start + 1.2
+    # The same clip, shorter than the window, is one word: its top class.
+    (path,) = EXAMPLES.glob("yes_*.wav")
+    short = shipped.classify(path)
+    assert not short["long"] and short["timeline"] == [] and short["label"] == "yes"
+
+
+def test_long_clip_without_keywords_says_so(shipped, tmp_path):
+    quiet_noise = 0.003 * np.random.default_rng(0).standard_normal(16000 * 4).astype(np.float32)
+    result = shipped.classify(write(tmp_path / "noise.wav", quiet_noise, 16000))
+    assert result["timeline"] == [] and result["label"] == NO_KEYWORD
+
+
+def test_labels_are_shown_literally_and_examples_by_their_word():
+    assert literal("_silence_") == "\\_silence\\_" and literal("_unknown_") == "\\_unknown\\_"
+    assert literal("a*b [c]") == "a\\*b \\[c\\]"
+    assert example_word("down_3b4f8f24_nohash_0.wav") == "down"
+    assert sorted(example_word(p) for p in EXAMPLES.glob("*.wav")) == ["down", "left", "no", "stop", "up", "yes"]
+
+
+def test_kernel_axis_tick_labels_do_not_overlap():
+    fig = kernel_figure(tiny_model().reparameterize())
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        boxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()),
+                       key=lambda b: b.x0)
+        assert len(boxes) >= 3
+        for left, right in zip(boxes, boxes[1:]):
+            assert left.x1 + 5 < right.x0, f"tick labels overlap: {left} {right}"
 
 
 @pytest.mark.parametrize("case,message", [
@@ -107,8 +166,32 @@ def test_predict_api_with_gradio_client_and_concurrent_clients(served, tmp_path)
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = list(pool.map(call, [wav] * 4))
-    assert all(r["label"] in LABELS and len(r["confidences"]) == 5 for r in results)
+    assert all(r["label"] in LABELS and len(r["confidences"]) == 5 and r["detections"] == [] for r in results)
     assert len({r["label"] for r in results}) == 1  # the same clip, the same answer
     with pytest.raises(Exception, match="not a readable audio file"):
         call(bad)
     assert call(wav)["label"] == results[0]["label"]  # the server is still up and serving
+
+
+def test_predict_api_returns_the_detections_of_a_long_clip(served, tmp_path):
+    from gradio_client import Client, handle_file
+
+    wav = write(tmp_path / "long.wav", speechlike(4, 16000), 16000)
+    result = Client(served, verbose=False).predict(handle_file(str(wav)), api_name="/predict")
+    assert set(result) == {"label", "confidences", "detections"} and len(result["confidences"]) == 5
+    assert result["label"] == (", ".join(d["label"] for d in result["detections"]) or NO_KEYWORD)
+
+
+def test_launch_names_the_command_options_not_gradios(capsys):
+    from gradio import close_all
+
+    port = free_port()
+    launch(tiny_model(), "tiny-test-model", port=port, block=False, quiet=False)
+    try:
+        out = capsys.readouterr().out
+        assert f"http://127.0.0.1:{port}" in out and "--share" in out and "share=True" not in out
+        with pytest.raises(OSError, match=f"port {port} on 127.0.0.1 is in use") as error:
+            launch(tiny_model(), "tiny-test-model", port=port, block=False)
+        assert "--port" in str(error.value) and "GRADIO_SERVER_PORT" not in str(error.value)
+    finally:
+        close_all()

@@ -54,9 +54,25 @@ def test_evaluate_cli_writes_json_table_and_plot(model_dir, tmp_path, capsys):
     assert rows[(8000, "kernel")]["resample"] == "decimate" and rows[(44100, "input")]["resample"] == "sinc"
     # At the model's own rate both modes are the same computation.
     assert rows[(16000, "kernel")]["accuracy"] == rows[(16000, "input")]["accuracy"]
-    assert len(result["confusion"]["16000/kernel"]) == 12
+    # The confusion matrices name their rows (true class) and columns (predicted class).
+    confusion = result["confusion"]["16000/kernel"]
+    assert list(confusion) == LABELS and all(list(row) == LABELS for row in confusion.values())
+    assert sum(sum(row.values()) for row in confusion.values()) == rows[(16000, "kernel")]["n"]
+    for label, accuracy in rows[(16000, "kernel")]["per_class"].items():
+        assert confusion[label][label] / sum(confusion[label].values()) == pytest.approx(accuracy, abs=1e-4)
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
-    assert "rate (Hz)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "rate (Hz)" in out and "n=" not in out and "audio none" not in out
+    # The per-class table: a row per class with its clip count and its accuracy at each rate, in percent.
+    table = out[out.index("per-class accuracy (%), kernel mode"):].splitlines()
+    assert table[1].split() == ["class", "n", "8000", "16000", "44100"]
+    by_class = {line.split()[0]: line.split()[1:] for line in table[2:14]}
+    assert list(by_class) == LABELS
+    for label in LABELS:
+        count, *cells = by_class[label]
+        assert int(count) == sum(confusion[label].values())
+        expected = rows[(16000, "kernel")]["per_class"].get(label)
+        assert cells[1] == (f"{100 * expected:.1f}" if expected is not None else "-")
 
 
 def test_evaluate_folder_at_native_rates_maps_unknown_words(model_dir, tmp_path):
@@ -72,6 +88,29 @@ def test_evaluate_folder_at_native_rates_maps_unknown_words(model_dir, tmp_path)
     assert sorted(r["rate"] for r in result["results"]) == [16000, 22050, 48000]
     assert result["skipped"] == {"unreadable": 1}
     assert "bad.wav" in result["problems"][0]
+
+
+def test_evaluate_folder_without_label_folders_fails(model_dir, tmp_path, capsys):
+    (tmp_path / "f" / "notes").mkdir(parents=True)
+    (tmp_path / "f" / "notes" / "todo.txt").write_text("not audio")
+    sf.write(tmp_path / "f" / "loose.wav", np.zeros(16000, np.float32), 16000)  # not in a <label>/ folder
+    assert main(["evaluate", "--model", str(model_dir), "--folder", str(tmp_path / "f")]) == 2
+    assert f"no <label>/ folders with audio in {tmp_path / 'f'}" in capsys.readouterr().err
+
+
+def test_evaluate_folder_joins_files_of_several_rates_at_one_rate(model_dir, tmp_path):
+    rng = np.random.default_rng(1)
+    for label, rate in [("yes", 16000), ("yes", 48000), ("no", 22050)]:
+        (tmp_path / "f" / label).mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / "f" / label / f"{rate}.wav", 0.1 * rng.standard_normal(rate).astype(np.float32), rate)
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(model_dir), "--folder", str(tmp_path / "f"), "--rates", "16000",
+                 "--mode", "kernel", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (row,) = result["results"]  # three files at three native rates: one row at 16 kHz over all of them
+    assert row["n"] == 3 and row["resample"] == "mixed"
+    confusion = result["confusion"]["16000/kernel"]
+    assert sum(confusion["yes"].values()) == 2 and sum(confusion["no"].values()) == 1
 
 
 def test_evaluate_reports_a_missing_model_cleanly(tmp_path, capsys):
