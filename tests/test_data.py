@@ -229,6 +229,29 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(tree, tmp_path):
     assert len(messages) == 2 and not rebuilt.audio[0].any()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "pickled", "wrong shape", "index"])
+def test_a_damaged_cache_entry_is_named_and_rebuilt(tree, tmp_path, damage):
+    import pickle
+
+    cache = tmp_path / "cache"
+    first = load_split(SpeechCommands(tree), "kws12", "validation", cache_dir=cache, log=lambda *a: None)
+    expected = np.array(first.audio)
+    audio_path = next(cache.glob("*.npy"))
+    if damage == "truncated":
+        audio_path.write_bytes(audio_path.read_bytes()[:-1000])
+    elif damage == "pickled":  # a pickle stream where the .npy was: never unpickled
+        audio_path.write_bytes(pickle.dumps({"audio": [1, 2, 3]}))
+    elif damage == "wrong shape":
+        np.save(audio_path, np.zeros((3, 5), np.int16))
+    else:
+        audio_path.with_suffix(".json").write_text("{truncated")
+    messages = []
+    again = load_split(SpeechCommands(tree), "kws12", "validation", cache_dir=cache, log=messages.append)
+    assert any(str(audio_path.with_suffix(".json" if damage == "index" else ".npy")) in m and "rebuilding" in m
+               for m in messages), messages
+    np.testing.assert_array_equal(np.array(again.audio), expected)
+
+
 def test_cache_resamples_to_the_training_rate(tree, tmp_path):
     split = load_split(SpeechCommands(tree), "kws12", "test", sample_rate=8000, cache_dir=tmp_path, log=lambda *a: 0)
     assert split.audio.shape[1] == 8000 and split.sample_rate == 8000

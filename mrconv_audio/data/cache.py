@@ -108,13 +108,39 @@ def load_split(
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"{task}-{split}-{sample_rate}-{key}"
     index_path, audio_path = stem.with_suffix(".json"), stem.with_suffix(".npy")
-    if not (index_path.is_file() and audio_path.is_file()):
+    cached = _open(index_path, audio_path, length) if index_path.is_file() and audio_path.is_file() else None
+    if isinstance(cached, str):
+        log(f"warning: {cached}; rebuilding it")
+    if not isinstance(cached, tuple):
         log(f"caching {task}/{split} at {sample_rate} Hz: {len(examples)} examples -> {audio_path}")
         _build(examples, labels, sample_rate, length, index_path, audio_path)
-    index = json.loads(index_path.read_text())
-    audio = np.load(audio_path, mmap_mode="r")
+        cached = _open(index_path, audio_path, length)
+        if isinstance(cached, str):
+            raise OSError(f"the cache just written is unreadable: {cached}")
+    index, audio = cached
     return CachedSplit(audio, np.asarray(index["labels"], dtype=np.int64), labels, index["paths"],
                        index["skipped"], sample_rate)
+
+
+def _open(index_path: Path, audio_path: Path, length: int):
+    """(index, memory-mapped audio) of a cache entry, or a message naming the file and what is wrong with it
+    (truncated, foreign or pickled .npy, corrupt index): such an entry is rebuilt, never trusted."""
+    try:
+        index = json.loads(index_path.read_text())
+        labels, paths, skipped = index["labels"], index["paths"], index["skipped"]
+        if not (isinstance(labels, list) and isinstance(paths, list) and len(labels) == len(paths)):
+            raise ValueError("labels and paths must be lists of one length")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        return f"cache index {index_path} is unreadable ({type(e).__name__}: {e})"
+    try:
+        audio = np.load(audio_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        return f"cache file {audio_path} is unreadable ({e})"
+    expected = (len(labels), length)
+    if not isinstance(audio, np.ndarray) or audio.dtype != np.int16 or audio.shape != expected:
+        got = f"{audio.dtype} {audio.shape}" if isinstance(audio, np.ndarray) else type(audio).__name__
+        return f"cache file {audio_path} holds {got}, expected int16 {expected}"
+    return index, audio
 
 
 def _build(examples, labels, sample_rate, length, index_path: Path, audio_path: Path) -> None:
