@@ -158,6 +158,29 @@ def append_line(path: Path, record: dict) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(old + json.dumps(record) + "\n"))
 
 
+# A resumed run may change how it runs (more epochs, another device, workers, process count), not what it trains.
+RESUMABLE_CHANGES = {"epochs", "device", "workers", "cache_dir", "checkpoint_every", "out", "compile", "amp",
+                     "processes"}
+
+
+def check_same_run(path: Path, cfg: "TrainConfig") -> None:
+    """Refuse to resume a run whose stored configuration differs from `cfg` in what it trains, naming the field."""
+    if not path.is_file():
+        return
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); cannot check that --resume continues the same run") from None
+    current = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as it would be stored: tuples become lists
+    for field_name in sorted((set(stored) | set(current)) - RESUMABLE_CHANGES):
+        if stored.get(field_name) != current.get(field_name):
+            raise ValueError(
+                f"{path.parent}: cannot resume with a different {field_name!r}: the run was started with "
+                f"{stored.get(field_name)!r}, this command gives {current.get(field_name)!r} (use the same settings, "
+                "or another --out for a new run)"
+            )
+
+
 def drop_unsaved_epochs(metrics_path: Path, saved_epochs: int) -> None:
     """A run killed between writing an epoch's metrics and its state repeats that epoch: keep one line for it."""
     if not metrics_path.exists():
@@ -332,6 +355,7 @@ def _train(cfg: TrainConfig, world: World, device, log, build_model, data) -> Pa
     state_path = out / "state.safetensors"
     progress = {"epoch": 0, "step": 0, "best_accuracy": -1.0}
     if state_path.exists():
+        check_same_run(out / "train_config.json", cfg)
         progress = load_state(state_path, model, optimizer, scheduler, {"augment": augment_gen}, world, device)
         log(f"resuming from {state_path}: epoch {progress['epoch'] + 1}, step {progress['step']}")
         if world.main:

@@ -150,3 +150,17 @@ def test_training_balances_classes_and_hears_every_unknown_word(tree, tmp_path, 
     assert any("78 clips" in m for m in messages)
     weights = seen["weight"]
     assert weights is not None and weights[-1] * 12 == pytest.approx(weights[0] * 6) and weights[-2] == weights[0]
+
+
+def test_resuming_with_other_settings_names_the_field_instead_of_continuing(tree, tmp_path):
+    cfg = lambda **o: tiny_config(tree, tmp_path / "run", tmp_path / "cache", **{"epochs": 1, "augment": False, **o})
+    out = train(cfg(), log=lambda *a: None)
+    before = (out / "train_config.json").read_text()
+    with pytest.raises(ValueError, match="cannot resume with a different 'batch_size': the run was started with 4, "
+                                         "this command gives 8"):
+        train(cfg(batch_size=8, epochs=2), log=lambda *a: None)
+    with pytest.raises(ValueError, match="different 'model_overrides'"):
+        train(cfg(model_overrides={**TINY, "d_model": 16}, epochs=2), log=lambda *a: None)
+    assert (out / "train_config.json").read_text() == before  # the stored configuration is left as it was
+    train(cfg(epochs=2, checkpoint_every=5), log=lambda *a: None)  # more epochs: the same run, continued
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
