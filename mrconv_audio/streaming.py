@@ -517,3 +517,28 @@ def listen_fixes(sample_rate: int, hop_seconds: float) -> str:
     if sample_rate > 16000:
         fixes.append("--samplerate 16000 (less audio to read)")
     return " or ".join(fixes) + ", or close programs that keep the CPU busy"
+
+
+DEMO_FIXES = "close programs that keep the server's CPU busy, or use the Clip tab, which has no deadline"
+
+
+class ChunkLag:
+    """Lag of a stream that arrives in chunks and is processed as it arrives (the demo's browser microphone): the
+    wall time since the first chunk began against the seconds of audio received. When processing is slower than
+    the audio, chunks wait in line and the difference grows. `update` -> LagMonitor's warning, or None."""
+
+    def __init__(self, hop_seconds: float, fixes: str = DEMO_FIXES, clock=time.monotonic):
+        self.clock = clock
+        self.monitor = LagMonitor(hop_seconds, fixes, clock=clock)
+        self.start: float | None = None
+        self.received = 0.0
+        self.hop_ms: deque = deque(maxlen=20)
+
+    def update(self, chunk_seconds: float, hop_ms: list[float]) -> str | None:
+        now = self.clock()
+        if self.start is None:
+            self.start = now - chunk_seconds  # the first chunk was being recorded for that long before it arrived
+        self.received += chunk_seconds
+        self.hop_ms.extend(hop_ms)
+        median = float(np.median(self.hop_ms)) if self.hop_ms else 0.0
+        return self.monitor.check(now - self.start - self.received, 0.0, median)

@@ -193,3 +193,22 @@ def test_shipped_model_hears_real_speakers_through_the_microphone(mic, tmp_path)
     shift = live[0]["time"] - offline_times[live[0]["label"]]
     assert [d["label"] for d in live] == matched(live, shift), live  # live: right words, at the right times
     assert len(live) >= len(offline) - 1, (live, offline)
+
+
+def test_listen_says_when_it_falls_behind_and_what_to_do(mic):
+    """A model 1.5x slower than real time (a hop of 0.1 s takes 0.15 s, asleep, so the machine's load does not
+    matter): listen warns before it starts, and while it runs says how far behind it is and the fix."""
+    import io
+
+    from app.listen import run_listen
+
+    out, err = io.StringIO(), io.StringIO()
+    stats = run_listen(ToneModel(delay_s=0.15), device="default", samplerate=16000, hop=0.1, duration=8, out=out,
+                       err=err)
+    lines = [json.loads(line) for line in err.getvalue().splitlines()]
+    assert "a hop takes" in lines[0]["warning"] and "--hop 0.5" in lines[0]["warning"]  # before listening
+    warnings = [line["status"]["warning"] for line in lines if "status" in line and line["status"]["warning"]]
+    assert warnings, err.getvalue()
+    assert "behind real time" in warnings[-1] and "each 100 ms hop takes 1" in warnings[-1]
+    assert "Fix: --hop 0.5" in warnings[-1] and "--samplerate" not in warnings[-1]  # 16 kHz already
+    assert "behind real time" in stats["warning"] and stats["median_hop_ms"] >= 150

@@ -6,7 +6,7 @@ import torch
 
 from helpers import randomize_batchnorms
 from mrconv_audio import MRConvClassifier, MRConvConfig
-from mrconv_audio.streaming import KeywordSpotter, LagMonitor, StreamConfig, StreamWorker, listen_fixes
+from mrconv_audio.streaming import ChunkLag, KeywordSpotter, LagMonitor, StreamConfig, StreamWorker, listen_fixes
 from tone_model import ToneModel, tone_stream
 
 
@@ -339,3 +339,16 @@ def test_lag_monitor_says_how_far_behind_why_and_what_to_do():
     now[0] = 11.0
     assert monitor.check(0.1, 1.5, 8) is None
     assert "--samplerate" not in listen_fixes(16000, 0.25)
+
+
+def test_chunk_lag_compares_the_audio_received_with_the_wall_clock():
+    now = [10.0]
+    lag = ChunkLag(0.25, clock=lambda: now[0])
+    for _ in range(20):  # 0.25 s chunks arriving every 0.25 s, processed in 6 ms: keeping up
+        now[0] += 0.25
+        assert lag.update(0.25, [6.0]) is None
+    for _ in range(20):  # processing takes 0.5 s a chunk: each arrives 0.25 s later than the last
+        now[0] += 0.5
+        warning = lag.update(0.25, [500.0])
+    assert "5.0 s behind real time" in warning and "each 250 ms hop takes 500 ms" in warning
+    assert "Clip tab" in warning
