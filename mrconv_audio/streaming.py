@@ -162,12 +162,14 @@ class Decider:
 class LogMelFrames:
     """The log-mel frames of a sliding window, computing only those the window has not held before.
 
-    A frame wholly inside the window depends only on the audio under it, so it is kept under its position in the
-    stream and reused while the window slides over it. Frames that reach into the zero padding at the window's
-    edges (two or three a window) are computed afresh every hop, as the offline front end pads them. The result is
-    the offline front end's on the same window (LogMel.log_mel on the same samples), for any hop and rate.
+    A frame wholly inside the window depends only on the audio under it, so a frame the previous window also held
+    wholly (same position in the stream) is taken from it while the window slides. Frames that reach into the zero
+    padding at the window's edges (two or three a window) are computed afresh every hop, as the offline front end
+    pads them. The result is the offline front end's on the same window (LogMel.log_mel on the same samples), for
+    any hop and rate; where a rate's frame grid does not repeat hop to hop (22.05 kHz), more frames are computed.
 
-        buffer: (window,) samples at `rate`  ->  (n_mels, frames)
+        buffer: (window,) samples at `rate`, window_start: its first sample's position in the stream
+        -> (n_mels, frames)
     """
 
     def __init__(self, frontend: LogMel, rate: int, window: int):
@@ -175,33 +177,36 @@ class LogMelFrames:
         self.length = frontend.window_length(rate)
         self.pad = (self.length // 2, self.length - self.length // 2)  # as LogMel.forward pads
         index = frame_layout(window, float(rate), float(frontend.frame_rate), self.length)  # into the padded window
+        self.index = index  # (frames, length)
         self.starts = index[:, 0].numpy() - self.pad[0]  # first sample of each frame, relative to the window
         self.inside = (self.starts >= 0) & (self.starts + self.length <= window)
-        self.cache: dict[int, torch.Tensor] = {}  # stream position of a frame's first sample -> (n_mels,)
         self.computed = 0  # frames computed so far (for tests and benchmarks)
+        self.reset()
 
     def reset(self) -> None:
-        self.cache.clear()
+        self.positions = np.zeros(0, np.int64)  # the previous window's frames: stream positions, features
+        self.features: torch.Tensor | None = None
 
     def __call__(self, buffer: torch.Tensor, window_start: int) -> torch.Tensor:
-        positions = (window_start + self.starts).tolist()
-        missing = [i for i, p in enumerate(positions) if not (self.inside[i] and p in self.cache)]
-        rows = dict.fromkeys(range(len(positions)))
-        if missing:
+        positions = window_start + self.starts
+        reuse = np.zeros(len(positions), bool)
+        source = np.zeros(len(positions), np.int64)
+        if len(self.positions):
+            at = np.minimum(np.searchsorted(self.positions, positions), len(self.positions) - 1)
+            reuse = self.inside & self.inside[at] & (self.positions[at] == positions)  # whole then and now
+            source = at
+        missing = np.flatnonzero(~reuse)
+        frames = torch.empty(len(positions), self.frontend.n_mels, dtype=buffer.dtype, device=buffer.device)
+        if len(missing):
             padded = F.pad(buffer, self.pad)
-            index = torch.from_numpy(self.starts[missing] + self.pad[0])[:, None] + torch.arange(self.length)
-            fresh = self.frontend.log_mel(padded[index.to(buffer.device)], self.rate)  # (missing, n_mels)
+            fresh = padded[self.index[missing].to(buffer.device)]  # (missing, length)
+            frames[torch.from_numpy(missing)] = self.frontend.log_mel(fresh, self.rate)
             self.computed += len(missing)
-            for j, i in enumerate(missing):
-                rows[i] = fresh[j]
-                if self.inside[i]:
-                    self.cache[positions[i]] = fresh[j]
-        for i, p in enumerate(positions):
-            if rows[i] is None:
-                rows[i] = self.cache[p]
-        for p in [p for p in self.cache if p < window_start]:  # the window has moved past these
-            del self.cache[p]
-        return torch.stack(list(rows.values()), dim=-1)
+        kept = np.flatnonzero(reuse)
+        if len(kept):
+            frames[torch.from_numpy(kept)] = self.features[torch.from_numpy(source[kept])]
+        self.positions, self.features = positions, frames
+        return frames.T
 
 
 def logmel_logits(model, features: torch.Tensor) -> torch.Tensor:
