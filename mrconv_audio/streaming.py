@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from .data.audio import resample
 from .device import pick_device
 from .frontend import LogMel, frame_layout
+from .model import MRConvClassifier
 
 NON_KEYWORDS = ("_silence_", "_unknown_")
 
@@ -247,9 +248,9 @@ class KeywordSpotter:
         self.window = model.max_samples(self.sample_rate)  # the model's window, in samples at the input's rate
         self.decider = Decider(self.labels, self.cfg, window_seconds=self.window / self.sample_rate)
         self.hop = max(1, round(self.cfg.hop_seconds * self.sample_rate))
-        frontend = getattr(model, "frontend", None)
-        self.frames = (LogMelFrames(frontend, self.sample_rate, self.window)
-                       if incremental and isinstance(frontend, LogMel) and self.cfg.mode == "kernel" else None)
+        logmel = isinstance(model, MRConvClassifier) and isinstance(getattr(model, "frontend", None), LogMel)
+        self.frames = (LogMelFrames(model.frontend, self.sample_rate, self.window)  # logmel_logits knows its layers
+                       if incremental and logmel and self.cfg.mode == "kernel" else None)
         self.buffer = np.zeros(self.window, dtype=np.float32)  # the last `window` samples, oldest first
         self.pending = np.zeros(0, dtype=np.float32)  # samples received since the last hop
         self.samples_seen = 0  # samples that have entered the buffer (received or lost)

@@ -70,7 +70,11 @@ class Listen:
 
     def next_status(self, timeout: float = 120) -> dict:
         while True:
-            line = self.lines.get(timeout=timeout)
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                self.proc.kill()  # do not leave it running after the test
+                raise AssertionError(f"no status line from listen in {timeout} s:\n" + "".join(self.stderr))
             assert line is not None, "listen ended early:\n" + "".join(self.stderr)
             if line.startswith('{"status"'):
                 return json.loads(line)["status"]

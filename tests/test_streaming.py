@@ -352,3 +352,17 @@ def test_chunk_lag_compares_the_audio_received_with_the_wall_clock():
         warning = lag.update(0.25, [500.0])
     assert "5.0 s behind real time" in warning and "each 250 ms hop takes 500 ms" in warning
     assert "Clip tab" in warning
+
+
+def test_other_models_with_a_log_mel_front_end_take_the_whole_window_path():
+    from mrconv_audio.frontend import LogMel
+
+    class PeerLike(ToneModel):  # has a log-mel front end but not the MRConv layers (like the res8 peer)
+        def __init__(self):
+            super().__init__()
+            self.frontend = LogMel()
+
+    stream = tone_stream([(1.0, "low", 0.3)], seconds=3)
+    spotter = KeywordSpotter(PeerLike(), 16000, StreamConfig(hop_seconds=0.1, smoothing=1))
+    assert spotter.frames is None
+    assert [d.label for d in detections(run(spotter, stream))] == ["low"]
