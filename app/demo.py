@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mrconv_audio.data.audio import AudioError, fit_length, load_audio
-from mrconv_audio.streaming import KeywordSpotter, StreamConfig, rms_dbfs
+from mrconv_audio.streaming import ChunkLag, KeywordSpotter, StreamConfig, rms_dbfs
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 MAX_CLIP_SECONDS = 60.0
@@ -240,14 +240,16 @@ def build_demo(model, model_dir: str, compute_device: str = "auto"):
         rate, data = chunk
         try:
             if state is None or state["rate"] != rate:
-                state = {"rate": rate, "detections": [],
+                state = {"rate": rate, "detections": [], "lag": ChunkLag(0.25),
                          "spotter": KeywordSpotter(analyzer.model, rate, StreamConfig(hop_seconds=0.25),
                                                    device=str(analyzer.device))}
             results = state["spotter"].push(data)
         except ValueError as e:
             raise gr.Error(f"Cannot use the microphone stream: {e}") from None
+        warning = state["lag"].update(len(data) / rate, [r.latency_ms for r in results])  # say so when behind
+        status = f"⚠️ **{warning}**" if warning else ""
         if not results:
-            return gr.skip(), gr.skip(), state, gr.skip()
+            return gr.skip(), gr.skip(), state, gr.skip(), status
         for r in results:
             if r.detection is not None:
                 state["detections"].insert(0, f"{r.detection.time:6.2f} s  {r.detection.label}  "
@@ -255,7 +257,7 @@ def build_demo(model, model_dir: str, compute_device: str = "auto"):
         latest = results[-1]
         top = dict(latest.top(analyzer.labels, analyzer.top_k))
         return (top, "\n".join(state["detections"][:20]) or "(none yet)", state,
-                level_meter(latest.rms_dbfs, latest.gated))
+                level_meter(latest.rms_dbfs, latest.gated), status)
 
     examples = sorted(str(p) for p in EXAMPLES.glob("*.wav"))
     cfg = model.config
@@ -276,9 +278,11 @@ def build_demo(model, model_dir: str, compute_device: str = "auto"):
             with gr.Row():
                 live_label = gr.Label(num_top_classes=analyzer.top_k, label="Now hearing", elem_id="live-label")
                 live_detections = gr.Textbox(label="Detections (time in stream)", lines=10, elem_id="live-detections")
+            live_status = gr.Markdown(elem_id="live-status")  # a warning when processing falls behind
             session = gr.State(None)
             # show_progress hidden: Gradio's running timer would cover the label's last percentage.
-            mic.stream(on_stream, inputs=[mic, session], outputs=[live_label, live_detections, session, level],
+            mic.stream(on_stream, inputs=[mic, session],
+                       outputs=[live_label, live_detections, session, level, live_status],
                        stream_every=0.25, time_limit=600, concurrency_limit=4, api_visibility="private",
                        show_progress="hidden")
         with gr.Tab("Clip"):

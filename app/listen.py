@@ -1,8 +1,10 @@
 """`mrconv-audio listen`: live keyword spotting from a microphone (sounddevice), with a terminal view.
 
-The audio callback only copies blocks into the StreamWorker's bounded queue; classification, recording and
-drawing happen on other threads. On a terminal the view redraws in place; otherwise (piped, CI) every hop
-with a detection is printed as one JSON line.
+The audio callback only copies blocks into the StreamWorker's queue; classification, recording and drawing happen
+on other threads. Before the stream opens, a few hops of noise warm the model up and measure what a hop costs. On a
+terminal the view redraws in place; otherwise (piped, CI) every detection is printed to stdout as one JSON line,
+and the stream's state (stream time, backlog, dropped audio, cost per hop, a warning when it falls behind) to
+stderr as one JSON line a second.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from collections import deque
 
 import numpy as np
 
-from mrconv_audio.streaming import HopResult, KeywordSpotter, StreamConfig, StreamWorker
+from mrconv_audio.streaming import HopResult, KeywordSpotter, LagMonitor, StreamConfig, StreamWorker, listen_fixes
 
 
 def list_devices() -> str:
@@ -39,17 +41,16 @@ def bar(p: float, width: int = 30) -> str:
 class TerminalView:
     """Top-3 classes with bars, recent detections, per-hop latency and dropped audio, redrawn in place."""
 
-    def __init__(self, labels, stats, stream, interactive: bool):
-        self.labels, self.stats, self.interactive, self.stream = labels, stats, interactive, stream
+    def __init__(self, labels, worker, stream, interactive: bool):
+        self.labels, self.worker, self.interactive, self.stream = labels, worker, interactive, stream
         self.latest: HopResult | None = None
         self.detections: deque = deque(maxlen=8)
-        self.latencies: deque = deque(maxlen=50)
+        self.warning: str | None = None
         self.lock = threading.Lock()
 
     def on_result(self, result: HopResult) -> None:
         with self.lock:
             self.latest = result
-            self.latencies.append(result.latency_ms)
             if result.detection is not None:
                 self.detections.appendleft(result.detection)
                 if not self.interactive:
@@ -68,17 +69,28 @@ class TerminalView:
                 lines.append(f"t = {r.end_time:7.2f} s   level {r.rms_dbfs:6.1f} dBFS{gate}")
                 for label, p in r.top(self.labels, 3):
                     lines.append(f"  {label:<12} {bar(p)} {p:5.2f}")
-            lat = sorted(self.latencies)
-            median = lat[len(lat) // 2] if lat else float("nan")
-            lines += ["", f"latency per hop: median {median:6.1f} ms   dropped audio: {self.stats.dropped_samples} "
-                      f"samples in {self.stats.dropped_blocks} blocks   errors: {self.stats.errors}", "",
-                      "recent detections:"]
+            stats = self.worker.stats
+            lines += ["", f"processing per hop: median {stats.median_hop_ms():6.1f} ms   behind: "
+                      f"{self.worker.backlog_seconds():4.1f} s   dropped audio: {self.worker.dropped_seconds():.1f} s "
+                      f"in {stats.dropped_blocks} blocks   errors: {stats.errors}"]
+            if self.warning:
+                lines += ["", f"\x1b[1;31m⚠ {self.warning}\x1b[0m" if self.interactive else f"WARNING: {self.warning}"]
+            lines += ["", "recent detections:"]
             lines += [f"  {d.time:7.2f} s  {d.label:<12} {d.score:.2f}" for d in self.detections] or ["  (none yet)"]
             return "\n".join(lines)
 
 
+def warm_up(spotter: KeywordSpotter, seconds: float = 2.0) -> float:
+    """Run `seconds` of quiet noise through the spotter (builds the kernel caches, so the first real hops are not
+    slow) and return the median processing time of a hop in ms; the spotter is reset afterwards."""
+    noise = (0.001 * np.random.default_rng(0).standard_normal(round(seconds * spotter.sample_rate))).astype(np.float32)
+    hops = [r.latency_ms for r in spotter.push(noise)]
+    spotter.reset()
+    return float(np.median(hops[1:] or hops))
+
+
 def run_listen(model, device=None, samplerate=None, threshold=0.6, hop=0.25, record=None, compute_device="auto",
-               duration=None, blocksize=0, out=sys.stdout, mode="kernel") -> dict:
+               duration=None, blocksize=0, out=sys.stdout, mode="kernel", err=sys.stderr) -> dict:
     """Listen until Ctrl-C (or `duration` seconds). Returns the stream's statistics."""
     import sounddevice as sd
     import soundfile as sf
@@ -87,12 +99,17 @@ def run_listen(model, device=None, samplerate=None, threshold=0.6, hop=0.25, rec
     rate = int(samplerate or info["default_samplerate"])
     spotter = KeywordSpotter(model, rate, StreamConfig(hop_seconds=hop, threshold=threshold, mode=mode),
                              device=compute_device)
+    monitor = LagMonitor(hop, listen_fixes(rate, hop))
+    hop_ms = warm_up(spotter)
+    if hop_ms > 0.5 * hop * 1000:  # say so before the stream starts, not after it has fallen behind
+        print(json.dumps({"warning": f"a hop takes {hop_ms:.0f} ms of its {hop * 1000:.0f} ms on this machine; "
+                                     f"listening may fall behind. Fix: {monitor.fixes}."}), file=err, flush=True)
     recorder = sf.SoundFile(record, "w", samplerate=rate, channels=1, subtype="PCM_16") if record else None
     on_audio = (lambda block: recorder.write(KeywordSpotter.mono(block))) if recorder else None
     interactive = out.isatty()
     view = TerminalView(spotter.labels, None, f"{info['name']} at {rate} Hz, model on {spotter.device}", interactive)
     worker = StreamWorker(spotter, on_result=view.on_result, on_audio=on_audio)
-    view.stats = worker.stats
+    view.worker = worker
     status_flags = {"overflow": 0}
 
     def callback(indata, frames, time_info, status):  # audio thread: copy and return, never block
@@ -100,28 +117,41 @@ def run_listen(model, device=None, samplerate=None, threshold=0.6, hop=0.25, rec
             status_flags["overflow"] += 1
         worker.push(indata)
 
+    def status() -> dict:
+        return {"stream_seconds": round(spotter.samples_seen / rate, 3),
+                "behind_seconds": round(worker.backlog_seconds(), 3),
+                "dropped_seconds": round(worker.dropped_seconds(), 3),
+                "median_hop_ms": round(worker.stats.median_hop_ms(), 2), "warning": view.warning}
+
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *a: stop.set())
     worker.start()
     try:
         with sd.InputStream(device=device, channels=1, samplerate=rate, dtype="float32", blocksize=blocksize,
                             callback=callback):
-            print(json.dumps({"listening": info["name"], "sample_rate": rate}), file=sys.stderr, flush=True)
-            start = time.monotonic()
+            print(json.dumps({"listening": info["name"], "sample_rate": rate, "warm_hop_ms": round(hop_ms, 2)}),
+                  file=err, flush=True)
+            start = last_status = time.monotonic()
             while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
+                view.warning = monitor.check(worker.backlog_seconds(), worker.dropped_seconds(),
+                                             worker.stats.median_hop_ms())
                 if interactive:
                     out.write("\x1b[H\x1b[J" + view.render() + "\n")
                     out.flush()
+                elif time.monotonic() - last_status >= 1.0:
+                    last_status = time.monotonic()
+                    print(json.dumps({"status": status()}), file=err, flush=True)
                 stop.wait(0.1)
     finally:
         signal.signal(signal.SIGINT, previous)
         worker.stop(drain=True)
         if recorder is not None:
             recorder.close()
-    stats = {**vars(worker.stats), "device_overflows": status_flags["overflow"], "sample_rate": rate}
+    stats = {**worker.stats.summary(), "device_overflows": status_flags["overflow"], "sample_rate": rate,
+             "stream_seconds": round(spotter.samples_seen / rate, 3), "warning": view.warning}
     if interactive:
         out.write("\n" + view.render() + "\n")
-    print(json.dumps({"stopped": True, **stats}), file=sys.stderr)
+    print(json.dumps({"stopped": True, **stats}), file=err)
     return stats
 
 

@@ -74,16 +74,24 @@ class LogMel(nn.Module):
         if rate < self.min_rate:
             raise ValueError(f"a {rate:g} Hz input does not carry the front end's bands up to {self.f_max:g} Hz; "
                              f"expected at least {self.min_rate:g} Hz")
-        window = round(self.window_seconds * rate)
-        n_fft = round(2 * self.window_seconds * rate)  # bins 1 / (2 * window_seconds) Hz apart at every rate
+        window = self.window_length(rate)
         index = frame_layout(x.shape[-1], float(rate), float(self.frame_rate), window)
         padded = nn.functional.pad(x, (window // 2, window - window // 2))
-        hann = torch.hann_window(window, periodic=True, dtype=x.dtype, device=x.device)  # sin^2 over the window
-        frames = padded[:, index.to(x.device)] * hann  # (B, frames, window)
-        power = torch.fft.rfft(frames, n=n_fft).abs().square() / (n_fft * hann.square().sum())
-        bank = mel_filterbank(self.n_mels, self.f_min, self.f_max, float(rate), n_fft).to(x.device, x.dtype)
-        mel = torch.matmul(power, bank.T)  # (B, frames, n_mels)
-        return torch.log(mel + self.floor).transpose(1, 2)  # (B, n_mels, frames)
+        return self.log_mel(padded[:, index.to(x.device)], rate).transpose(1, 2)  # (B, n_mels, frames)
+
+    def window_length(self, rate: float) -> int:
+        """Samples in one frame at `rate`."""
+        return round(self.window_seconds * rate)
+
+    def log_mel(self, frames: torch.Tensor, rate: float) -> torch.Tensor:
+        """Raw frames (..., window_length(rate)) -> log band energies (..., n_mels). The streaming engine calls it
+        on the frames new audio brings, so that its features are these, computed the same way."""
+        window = frames.shape[-1]
+        n_fft = round(2 * self.window_seconds * rate)  # bins 1 / (2 * window_seconds) Hz apart at every rate
+        hann = torch.hann_window(window, periodic=True, dtype=frames.dtype, device=frames.device)  # sin^2
+        power = torch.fft.rfft(frames * hann, n=n_fft).abs().square() / (n_fft * hann.square().sum())
+        bank = mel_filterbank(self.n_mels, self.f_min, self.f_max, float(rate), n_fft).to(frames.device, frames.dtype)
+        return torch.log(torch.matmul(power, bank.T) + self.floor)
 
     def extra_repr(self) -> str:
         return (f"n_mels={self.n_mels}, band={self.f_min:g}-{self.f_max:g} Hz, window={self.window_seconds:g} s, "

@@ -1,10 +1,11 @@
 """A real audio device stream: PortAudio (sounddevice) reading a virtual PulseAudio microphone that a WAV is
 played into. Skipped only when the audio server cannot start, with the reason."""
 import json
+import queue
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +32,81 @@ def mic():
     mic.stop()
 
 
-def wait_for_first_callback(worker, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while worker.stats.blocks == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert worker.stats.blocks > 0, "no audio callback arrived"
+class AudioClock:
+    """Counts the samples a device callback delivers, so a test can wait for audio to have arrived (an event, not a
+    sleep: on a busy machine audio arrives late, but it arrives)."""
+
+    def __init__(self):
+        self.samples = 0
+        self.changed = threading.Condition()
+
+    def add(self, n: int) -> None:
+        with self.changed:
+            self.samples += n
+            self.changed.notify_all()
+
+    def wait_for(self, samples: int, timeout: float = 120) -> None:
+        with self.changed:
+            assert self.changed.wait_for(lambda: self.samples >= samples, timeout), "the device stopped delivering audio"
+
+
+class Listen:
+    """`mrconv-audio listen` in a subprocess, its stderr JSON lines read on a thread, so the test can wait for the
+    state it needs: the stream flowing, then more audio heard after playback ended."""
+
+    def __init__(self, args, env):
+        self.proc = subprocess.Popen([sys.executable, "-m", "mrconv_audio.cli", "listen", *args], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.stderr: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def next_status(self, timeout: float = 120) -> dict:
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                self.proc.kill()  # do not leave it running after the test
+                raise AssertionError(f"no status line from listen in {timeout} s:\n" + "".join(self.stderr))
+            assert line is not None, "listen ended early:\n" + "".join(self.stderr)
+            if line.startswith('{"status"'):
+                return json.loads(line)["status"]
+
+    def heard(self, status: dict) -> float:
+        """Seconds of audio the device had delivered at that status line (processed or waiting)."""
+        return status["stream_seconds"] + status["behind_seconds"]
+
+    def wait_flowing(self) -> None:
+        while self.heard(self.next_status()) <= 0:
+            pass
+
+    def wait_heard_more(self, seconds: float) -> None:
+        """Wait until the device has delivered `seconds` more audio than at the next status line."""
+        start = self.heard(self.next_status())
+        while self.heard(self.next_status()) < start + seconds:
+            pass
+
+    def stop(self) -> tuple[str, dict]:
+        self.proc.send_signal(signal.SIGINT)
+        out = self.proc.stdout.read()  # until listen closes it
+        self.proc.wait(timeout=120)
+        self.reader.join(120)
+        err = "".join(self.stderr)
+        assert self.proc.returncode == 0, err
+        return out, json.loads(err.strip().splitlines()[-1])
+
+
+def with_silence(x: np.ndarray, seconds: float, rate: int = 16000) -> np.ndarray:
+    """What is played, then `seconds` of silence: when the player exits, everything that matters has been played
+    `seconds` ago, more than the audio server's buffering."""
+    return np.concatenate([x, np.zeros(round(seconds * rate), np.float32)])
 
 
 def test_engine_on_a_live_device_stream_matches_the_wav(mic, tmp_path):
@@ -43,16 +114,20 @@ def test_engine_on_a_live_device_stream_matches_the_wav(mic, tmp_path):
 
     wav = tmp_path / "tones.wav"
     sf.write(wav, tone_stream([(0.5, "low", 0.3), (2.5, "high", 0.3), (4.5, "low", 0.3)], seconds=6), 16000)
-    found = []
+    found, clock = [], AudioClock()
     spotter = KeywordSpotter(ToneModel(), 16000, StreamConfig(hop_seconds=0.1, smoothing=1))
     worker = StreamWorker(spotter, on_result=lambda r: r.detection and found.append(r.detection)).start()
-    with sd.InputStream(device="default", channels=1, samplerate=16000, dtype="float32",
-                        callback=lambda data, frames, t, status: worker.push(data)):
-        wait_for_first_callback(worker)
+
+    def callback(data, frames, t, status):
+        worker.push(data)
+        clock.add(len(data))
+
+    with sd.InputStream(device="default", channels=1, samplerate=16000, dtype="float32", callback=callback):
+        assert worker.first_audio.wait(120), "no audio callback arrived"
         player = mic.play(wav)
-        assert player.wait(timeout=30) == 0
-        time.sleep(1.0)
-    worker.stop()
+        assert player.wait(timeout=120) == 0
+        clock.wait_for(clock.samples + 16000)  # one more second heard: the last word and its tail are in
+    assert worker.stop(drain=True)
     assert [d.label for d in found] == ["low", "high", "low"]
     gaps = np.diff([d.time for d in found])
     assert np.allclose(gaps, [2.0, 2.0], atol=0.2)  # the WAV's spacing, within two hops
@@ -64,22 +139,15 @@ def test_listen_cli_records_what_it_heard_and_stops_on_ctrl_c(mic, tmp_path):
     randomize_batchnorms(model)
     model.eval().save_pretrained(tmp_path / "model")
     played = tone_stream([(0.2, "low", 0.4), (1.0, "high", 0.4)], seconds=2)
-    sf.write(tmp_path / "in.wav", played, 16000)
-    proc = subprocess.Popen([sys.executable, "-m", "mrconv_audio.cli", "listen", "--model", str(tmp_path / "model"),
-                             "--device", "default", "--samplerate", "16000", "--hop", "0.1",
-                             "--record", str(tmp_path / "heard.wav")],
-                            env=mic.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:  # wait until the stream is open (model loaded, device started)
-        if '"listening"' in line:
-            break
-    time.sleep(1.0)  # the first callback arrives 0.25-1.9 s after the stream starts
-    assert mic.play(tmp_path / "in.wav").wait(timeout=30) == 0
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    stats = json.loads(err.strip().splitlines()[-1])
+    sf.write(tmp_path / "in.wav", with_silence(played, 2.0), 16000)
+    listen = Listen(["--model", str(tmp_path / "model"), "--device", "default", "--samplerate", "16000", "--hop",
+                     "0.1", "--record", str(tmp_path / "heard.wav")], mic.env)
+    listen.wait_flowing()
+    assert mic.play(tmp_path / "in.wav").wait(timeout=120) == 0
+    listen.wait_heard_more(1.0)
+    out, stats = listen.stop()
     assert stats["stopped"] and stats["hops"] > 10 and stats["errors"] == 0 and stats["sample_rate"] == 16000
+    assert stats["dropped_blocks"] == 0, stats
     heard, rate = sf.read(tmp_path / "heard.wav", dtype="float32")
     assert rate == 16000 and len(heard) > len(played)
     # The recording contains the played signal: find it by cross-correlation.
@@ -104,22 +172,16 @@ def test_shipped_model_hears_real_speakers_through_the_microphone(mic, tmp_path)
         assert rate == 16000
         words.append(clip.name.split("_")[0])
         parts += [fit_length(x, 16000), np.zeros(16000, np.float32)]
-    sf.write(tmp_path / "words.wav", np.concatenate(parts), 16000)
+    sf.write(tmp_path / "words.wav", with_silence(np.concatenate(parts), 2.0), 16000)
     onsets = 0.5 + 2.0 * np.arange(len(words))  # word i plays in [onset, onset + 1 s)
     offline = detect_file(load_model(None), tmp_path / "words.wav", hop=0.25)["detections"]
 
-    proc = subprocess.Popen([sys.executable, "-m", "mrconv_audio.cli", "listen", "--device", "default",
-                             "--samplerate", "16000"],
-                            env=mic.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if '"listening"' in line:
-            break
-    time.sleep(1.0)
-    assert mic.play(tmp_path / "words.wav").wait(timeout=60) == 0
-    time.sleep(1.5)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    listen = Listen(["--device", "default", "--samplerate", "16000"], mic.env)
+    listen.wait_flowing()
+    assert mic.play(tmp_path / "words.wav").wait(timeout=120) == 0
+    listen.wait_heard_more(1.0)
+    out, stats = listen.stop()
+    assert stats["dropped_blocks"] == 0 and stats["errors"] == 0, stats
     live = [json.loads(line) for line in out.splitlines()]
 
     def matched(detections, shift=0.0):  # the word playing when each detection fired, or None
@@ -135,3 +197,22 @@ def test_shipped_model_hears_real_speakers_through_the_microphone(mic, tmp_path)
     shift = live[0]["time"] - offline_times[live[0]["label"]]
     assert [d["label"] for d in live] == matched(live, shift), live  # live: right words, at the right times
     assert len(live) >= len(offline) - 1, (live, offline)
+
+
+def test_listen_says_when_it_falls_behind_and_what_to_do(mic):
+    """A model 1.5x slower than real time (a hop of 0.1 s takes 0.15 s, asleep, so the machine's load does not
+    matter): listen warns before it starts, and while it runs says how far behind it is and the fix."""
+    import io
+
+    from app.listen import run_listen
+
+    out, err = io.StringIO(), io.StringIO()
+    stats = run_listen(ToneModel(delay_s=0.15), device="default", samplerate=16000, hop=0.1, duration=8, out=out,
+                       err=err)
+    lines = [json.loads(line) for line in err.getvalue().splitlines()]
+    assert "a hop takes" in lines[0]["warning"] and "--hop 0.5" in lines[0]["warning"]  # before listening
+    warnings = [line["status"]["warning"] for line in lines if "status" in line and line["status"]["warning"]]
+    assert warnings, err.getvalue()
+    assert "behind real time" in warnings[-1] and "each 100 ms hop takes 1" in warnings[-1]
+    assert "Fix: --hop 0.5" in warnings[-1] and "--samplerate" not in warnings[-1]  # 16 kHz already
+    assert "behind real time" in stats["warning"] and stats["median_hop_ms"] >= 150
