@@ -56,9 +56,14 @@ def _sync_bn_worker(rank: int, folder: str, rows: list[int]) -> None:
     torch.distributed.destroy_process_group()
 
 
+# spawn, not fork: a forked child inherits locks held by other threads of this process (earlier tests start
+# threads; the full suite hung here in a forked worker).
+START = "spawn"
+
+
 @pytest.mark.parametrize("rows", [[4], [3]], ids=["even", "uneven"])
 def test_sync_batchnorm_equals_batchnorm_over_the_global_batch(tmp_path, rows):
-    mp.start_processes(_sync_bn_worker, args=(str(tmp_path), rows), nprocs=2, start_method="fork")
+    mp.start_processes(_sync_bn_worker, args=(str(tmp_path), rows), nprocs=2, start_method=START)
     got = [np.load(tmp_path / f"rank{r}.npz") for r in range(2)]
 
     torch.manual_seed(0)
@@ -238,7 +243,7 @@ def _step_worker(rank, folder):
 
 
 def test_two_process_training_steps_equal_one_process_steps_in_float64(tmp_path):
-    mp.start_processes(_step_worker, args=(str(tmp_path),), nprocs=2, start_method="fork")
+    mp.start_processes(_step_worker, args=(str(tmp_path),), nprocs=2, start_method=START)
     default = torch.get_default_dtype()
     try:
         _steps(World(), str(tmp_path))
