@@ -92,8 +92,10 @@ def evaluate_rates(model, waveforms: torch.Tensor, labels: torch.Tensor, source_
     return results
 
 
-def read_folder(folder, labels: list[str], max_seconds: float = 600) -> tuple[list, list, dict]:
-    """A folder of <label>/*.wav at their own rates -> [(waveform, rate, label index)], skipped counts by reason."""
+def read_folder(folder, labels: list[str], max_seconds: float = 600,
+                rate_range: tuple[float, float] | None = None) -> tuple[list, dict, list]:
+    """A folder of <label>/*.wav at their own rates -> [(waveform, rate, label index)], skipped counts by reason,
+    and a message naming each skipped file. Files at rates outside `rate_range` (low, high) are skipped too."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
@@ -114,6 +116,11 @@ def read_folder(folder, labels: list[str], max_seconds: float = 600) -> tuple[li
             except AudioError as e:
                 skipped["unreadable"] += 1
                 problems.append(str(e))
+                continue
+            if rate_range is not None and not rate_range[0] <= rate <= rate_range[1]:
+                skipped["rate out of range"] += 1
+                problems.append(f"{wav}: recorded at {rate} Hz, outside the rates the model runs at "
+                                f"({rate_range[0]:g} to {rate_range[1]:g} Hz; --rates brings files to other rates)")
                 continue
             items.append((torch.from_numpy(x), rate, index))
     if not items:
@@ -235,6 +242,9 @@ def run_evaluation(args, log=print) -> dict:
     model = MRConvClassifier.from_pretrained(model_dir).reparameterize().to(pick_device(args.device))
     modes = [args.mode] if args.mode else list(MODES)
     extra: dict = {"modes": modes, "input_resample": args.input_resample}
+    low, high = model.rate_range()
+    if "kernel" in modes and any(not low <= rate <= high for rate in args.rates or []):
+        raise ValueError(f"--rates {' '.join(map(str, args.rates))}: the model runs at {low:g} to {high:g} Hz")
     if args.data_root:
         task = args.task or infer_task(model.labels)
         split = load_split(SpeechCommands(args.data_root), task, args.split, sample_rate=16000,
@@ -246,7 +256,11 @@ def run_evaluation(args, log=print) -> dict:
                                      args.batch_size, say, bar.update)
         extra.update(data_root=[str(r) for r in args.data_root], split=args.split, task=task, skipped=split.skipped)
     else:
-        items, skipped, problems = read_folder(args.folder, model.labels)
+        # Without --rates the model runs at each file's own rate (kernel mode): a file it cannot run at is skipped.
+        native = model.rate_range() if not args.rates and "kernel" in modes else None
+        items, skipped, problems = read_folder(args.folder, model.labels, rate_range=native)
+        for problem in problems:
+            log(f"skipped {problem}")
         results = []
         groups: dict[int, list] = defaultdict(list)
         for x, rate, index in items:
@@ -261,7 +275,7 @@ def run_evaluation(args, log=print) -> dict:
                 results += evaluate_rates(model, x, y, native, targets, modes, args.input_resample, args.batch_size,
                                           say, bar.update)
         results = merge_results(results, model.labels)
-        extra.update(folder=str(args.folder), skipped=skipped, problems=problems[:50])
+        extra.update(folder=str(args.folder), skipped=skipped, problems=problems)
         if skipped:
             log(f"skipped: {skipped}")
     log(results_table(results))

@@ -218,7 +218,9 @@ def load_data(cfg: "TrainConfig", log) -> tuple:
     train_split, val_split = load("train"), load("validation")
     for warning in dataset.warnings:
         log(f"warning: {warning}")
-    return train_split, val_split
+    # Files refused while reading the tree (background noise, FIFOs, names that are not UTF-8) are listed with the
+    # training split's unreadable clips: skipped.json names every file left out.
+    return dataclasses.replace(train_split, skipped=dataset.skipped + train_split.skipped), val_split
 
 
 def build_classifier(cfg: "TrainConfig", labels: list[str], train_split) -> MRConvClassifier:
@@ -320,8 +322,6 @@ def _train(cfg: TrainConfig, world: World, device, log, build_model, data) -> Pa
     skipped = train_split.skipped + val_split.skipped
     if world.main:
         write_json(out / "skipped.json", skipped)
-    if skipped:
-        log(f"skipped {len(skipped)} unreadable clips (listed in {out / 'skipped.json'}), e.g. {skipped[0]['path']}")
     if len(train_split) == 0:
         raise ValueError(f"{cfg.data_root}: no readable training clips for task {cfg.task}")
     labels = task_labels(cfg.task)
@@ -338,10 +338,16 @@ def _train(cfg: TrainConfig, world: World, device, log, build_model, data) -> Pa
     if world.rank:  # each process draws its own dropout masks
         torch.manual_seed(cfg.seed + 7919 * world.rank)
     for root in cfg.extra_train:  # e.g. synthetic speakers: they train, but never set the statistics above
-        extra = load_split(SpeechCommands(root), cfg.task, "train", cfg.sample_rate, cache_dir=cfg.cache_dir,
+        extra_data = SpeechCommands(root)
+        extra = load_split(extra_data, cfg.task, "train", cfg.sample_rate, cache_dir=cfg.cache_dir,
                            seed=cfg.seed, log=log, silence_fraction=0.0)
         log(f"adding {len(extra)} training clips from {root}")
         train_split = train_split.concat(extra)
+        skipped += extra_data.skipped + extra.skipped
+        if world.main:
+            write_json(out / "skipped.json", skipped)
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable files (listed in {out / 'skipped.json'}), e.g. {skipped[0]['path']}")
     optimizer = torch.optim.AdamW(model.parameter_groups(cfg.lr, cfg.weight_decay, cfg.kernel_lr))
     steps_per_epoch = len(global_batches(np.arange(len(train_split)), cfg.batch_size, world.size))
     total = steps_per_epoch * cfg.epochs

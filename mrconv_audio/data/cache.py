@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..inputfile import file_problem, shown
 from .audio import AudioError, fit_length, load_audio, resample
 from .speech_commands import LIST_FILES, Example, SpeechCommands, task_labels
 
@@ -74,12 +75,16 @@ def read_example(ex: Example, sample_rate: int, length: int) -> np.ndarray:
     """One example as float32 at `sample_rate`, exactly `length` samples."""
     import soundfile as sf  # here, not at the top: reading a built cache needs only numpy
 
-    if ex.frames > 0:  # a segment of a longer file
+    if ex.frames > 0:  # a segment of a longer file (background noise, checked whole by SpeechCommands as well)
+        if problem := file_problem(ex.path):
+            raise AudioError(f"{shown(ex.path)}: {problem}")
         try:
             data, rate = sf.read(ex.path, start=ex.offset, frames=ex.frames, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
             raise AudioError(f"{ex.path}: not a readable audio file ({e})") from None
         x = data.mean(axis=1)
+        if not np.isfinite(x).all():
+            raise AudioError(f"{ex.path}: contains NaN or infinite samples")
     else:
         x, rate = load_audio(ex.path)
     return fit_length(resample(torch.from_numpy(np.ascontiguousarray(x)), rate, sample_rate), length).numpy()
