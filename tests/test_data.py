@@ -1,4 +1,5 @@
 import collections
+import json
 import os
 from pathlib import Path
 
@@ -292,3 +293,44 @@ def test_speed_perturbation_is_band_limited():
     # to 7.31 kHz (linear interpolation kept it at 40% of the in-band tone's peak).
     assert spectrum[1].max() < 0.05 * spectrum[0].max()
     assert fast.shape == x.shape and not fast[:, 14600:].any()  # 1 s / 1.1 of sound, then zeros
+
+
+def test_bad_background_noise_is_skipped_and_listed_never_silence(tree, tmp_path):
+    from bad_inputs import fifo_guard
+
+    noise = tree / "_background_noise_"
+    nan = (0.05 * np.random.default_rng(1).standard_normal(12 * 16000)).astype(np.float32)
+    nan[5000:6000] = np.nan  # a 12 s recording: its segments would be _silence_ examples
+    sf.write(noise / "nan_noise.wav", nan, 16000, subtype="FLOAT")
+    (noise / "garbage.wav").write_bytes(b"RIFF garbage")
+    os.mkfifo(noise / "pipe.wav")
+    data = SpeechCommands(tree)
+    with fifo_guard(noise / "pipe.wav") as opened:
+        segments = [s for split in ("train", "validation", "test") for s in data.noise_segments(split)]
+    assert not opened, "the FIFO was opened (it would hang without a writer)"
+    assert {Path(s.path).name for s in segments} == {"noise_0.wav", "noise_1.wav", "noise_2.wav"}
+    reasons = {Path(s["path"]).name: s["reason"] for s in data.skipped}
+    assert set(reasons) == {"nan_noise.wav", "garbage.wav", "pipe.wav"}
+    assert "NaN" in reasons["nan_noise.wav"] and "not a readable audio file" in reasons["garbage.wav"]
+    assert "not a regular file (a FIFO)" in reasons["pipe.wav"]
+    assert all(str(noise) in r for r in reasons.values())
+
+
+def test_clips_that_are_not_regular_files_or_have_non_utf8_names_are_listed(tree, tmp_path):
+    from bad_inputs import fifo_guard
+
+    name = os.fsdecode(b"caf\xe9_nohash_0.wav")  # Latin-1, not UTF-8
+    with open(tree / "yes" / name, "wb") as f:
+        sf.write(f, np.zeros(16000, np.float32), 16000, format="WAV")
+    os.mkfifo(tree / "no" / "pipe_nohash_0.wav")
+    (tree / "up" / "folder_nohash_0.wav").mkdir()
+    with fifo_guard(tree / "no" / "pipe_nohash_0.wav") as opened:
+        data = SpeechCommands(tree)
+        split = load_split(data, "kws12", "train", cache_dir=tmp_path / "cache", log=lambda *a: None)
+    assert not opened
+    assert len(split) == len(data.examples("kws12", "train"))  # the good clips, all of them
+    listed = {s["path"]: s["reason"] for s in data.skipped}
+    assert set(listed) == {f"{tree}/yes/caf\\xe9_nohash_0.wav", f"{tree}/no/pipe_nohash_0.wav",
+                           f"{tree}/up/folder_nohash_0.wav"}
+    assert "not valid UTF-8" in listed[f"{tree}/yes/caf\\xe9_nohash_0.wav"]
+    json.dumps(data.skipped).encode("utf-8")  # printable, writable: no surrogates left
