@@ -262,7 +262,8 @@ def train_epoch(step_model, optimizer, scheduler, split, batches: list[np.ndarra
                 augmenter: Augmenter | None, weights: torch.Tensor | None, workers: int, amp: bool,
                 after_step=None, bar=_NoBar()) -> tuple[float, int, int]:
     """AdamW steps on `batches` (global batches of clip indices; this process trains on its shard of each).
-    Returns the sum over every process of (loss x clips, correct clips, clips)."""
+    Returns the sum over every process of (loss x clips, correct clips, clips). `after_step(i, running)`, if given,
+    is called after step i; `running()` gives those sums so far (a collective: every process calls it or none)."""
     loader = batch_loader(split, [b[shard(b, world)] for b in batches], workers, pin=device.type == "cuda")
     device_weights = weights.to(device) if weights is not None else None
     sums, seen = torch.zeros(2, device=device), 0  # loss x clips, correct: summed on the device, read rarely
@@ -291,7 +292,7 @@ def train_epoch(step_model, optimizer, scheduler, split, batches: list[np.ndarra
             bar.set_postfix(loss=f"{sums[0].item() / (seen * world.size):.3f}",
                             clips_per_s=f"{seen * world.size / (time.time() - start):.1f}")
         if after_step is not None:
-            after_step(i)
+            after_step(i, lambda: world.sum([*sums.tolist(), seen], device))
     loss_sum, correct, seen = world.sum([*sums.tolist(), seen], device)
     return loss_sum, int(correct), int(seen)
 
@@ -390,11 +391,15 @@ def _train(cfg: TrainConfig, world: World, device, log, build_model, data) -> Pa
         order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         batches = global_batches(order.numpy(), cfg.batch_size, world.size)
         first = progress["step"]
+        # The epoch's sums (loss x clips, correct, clips) over the steps before `first`, run before a resume: the
+        # epoch's metrics count every step of it, not only those after the resume.
+        before = progress.get("epoch_sums", [0.0, 0, 0])
 
-        def after_step(i: int) -> None:
+        def after_step(i: int, running) -> None:
             step = first + i + 1
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps_per_epoch:
-                save({**progress, "epoch": epoch, "step": step})
+                sums = [a + b for a, b in zip(before, running())]
+                save({**progress, "epoch": epoch, "step": step, "epoch_sums": sums})
                 log(f"checkpoint saved: epoch {epoch + 1} step {step}")
 
         model.train()
@@ -403,6 +408,7 @@ def _train(cfg: TrainConfig, world: World, device, log, build_model, data) -> Pa
         loss_sum, correct, seen = train_epoch(step_model, optimizer, scheduler, train_split, batches[first:], world,
                                               device, augmenter, weights, workers, amp, after_step, bar)
         bar.close()
+        loss_sum, correct, seen = loss_sum + before[0], correct + int(before[1]), seen + int(before[2])
 
         progress = {"epoch": epoch + 1, "step": 0, "best_accuracy": progress["best_accuracy"]}
         if world.main:
