@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from mrconv_audio.data.audio import AudioError, fit_length, load_audio
-from mrconv_audio.streaming import ChunkLag, KeywordSpotter, StreamConfig, rms_dbfs
+from mrconv_audio.conditioning import describe_gain, fit_full_scale, remove_dc
+from mrconv_audio.streaming import ChunkLag, KeywordSpotter, NonFiniteScores, StreamConfig, rms_dbfs
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 MAX_CLIP_SECONDS = 60.0
@@ -96,6 +97,9 @@ class ClipAnalyzer:
         start = time.perf_counter()
         probs = torch.softmax(self.model(x, sample_rate=rate).float(), -1)[0].cpu().numpy()
         latency = (time.perf_counter() - start) * 1e3
+        if not np.isfinite(probs).all():  # never a label read from NaN
+            raise InputProblem(str(NonFiniteScores("The model gave non-finite scores (NaN or infinity) for this clip: "
+                                                   "its weights are not usable.")))
         return {label: float(p) for label, p in zip(self.labels, probs)}, latency
 
     def classify(self, path) -> dict:
@@ -103,19 +107,25 @@ class ClipAnalyzer:
         (the streaming engine, hop 0.1 s). The label is the top class for a short clip and, for a long one, the
         detected words in order (one window's top class would name a word the clip may not contain)."""
         x, rate = self.read(path)
+        x, gain = fit_full_scale(x)  # mis-scaled float audio: scaled back (conditioning.py), and said so
         window = self.model.max_samples(rate)
-        start = loudest_window_start(x, window)
-        probs, latency = self.probabilities(x[start : start + window], rate)
+        centred = remove_dc(x, rate)  # as the streaming engine does for the long-clip path below
+        start = loudest_window_start(centred, window)
+        probs, latency = self.probabilities(centred[start : start + window], rate)
         top = dict(sorted(probs.items(), key=lambda kv: -kv[1])[: self.top_k])
         label, timeline = max(probs, key=probs.get), []
         if len(x) > window:
             spotter = KeywordSpotter(self.model, rate, StreamConfig(hop_seconds=0.1), device=str(self.device))
-            results = spotter.push(x) + spotter.push(np.zeros(window, np.float32))
+            try:
+                results = spotter.push(x) + spotter.push(np.zeros(window, np.float32))
+            except NonFiniteScores as e:
+                raise InputProblem(str(e)) from None
             timeline = [[round(r.detection.time, 2), r.detection.label, round(r.detection.score, 3)]
                         for r in results if r.detection is not None]
             label = ", ".join(word for _, word, _ in timeline) or NO_KEYWORD
+        notes = [describe_gain(gain)] if gain != 1.0 else []
         return {"label": label, "confidences": top, "sample_rate": rate, "duration": len(x) / rate,
-                "latency_ms": latency, "long": len(x) > window, "timeline": timeline, "audio": x}
+                "latency_ms": latency, "long": len(x) > window, "timeline": timeline, "audio": x, "notes": notes}
 
 
 def loudest_window_start(x: np.ndarray, window: int) -> int:
@@ -217,7 +227,8 @@ def build_demo(model, model_dir: str, compute_device: str = "auto"):
         heard = f"{n} word{'' if n == 1 else 's'} detected along the clip; " if result["long"] else ""
         info = (f"**{literal(result['label'])}** — {heard}{result['duration']:.2f} s at "
                 f"**{result['sample_rate']} Hz** "
-                f"(classified at that rate), {result['latency_ms']:.0f} ms per window on {analyzer.device}")
+                f"(classified at that rate), {result['latency_ms']:.0f} ms per window on {analyzer.device}"
+                + "".join(f". Note: {literal(note)}" for note in result["notes"]))
         # A long clip's headline is its detected words (their scores are in the timeline), a short one's the top-k.
         label = result["label"] if result["long"] else result["confidences"]
         return label, info, waveform_figure(result["audio"], result["sample_rate"]), result["timeline"] or None
@@ -225,14 +236,16 @@ def build_demo(model, model_dir: str, compute_device: str = "auto"):
     def predict(path):
         """API: an audio file in; out {"label": the top class of a clip up to 1 s, or the words detected along a longer
         one, in order ("no keyword detected" if none), "confidences": [{"label", "confidence"}] top 5 of the loudest
-        1 s window, "detections": [{"time", "label", "score"}] along a clip longer than 1 s}."""
+        1 s window, "detections": [{"time", "label", "score"}] along a clip longer than 1 s, "notes": what was done to
+        the audio (e.g. scaled down from beyond full scale)}."""
         try:
             result = analyzer.classify(path)
         except InputProblem as e:
             raise gr.Error(str(e), print_exception=False) from None
         return {"label": result["label"],
                 "confidences": [{"label": k, "confidence": v} for k, v in result["confidences"].items()],
-                "detections": [{"time": t, "label": w, "score": p} for t, w, p in result["timeline"]]}
+                "detections": [{"time": t, "label": w, "score": p} for t, w, p in result["timeline"]],
+                "notes": result["notes"]}
 
     def on_stream(chunk, state):
         if chunk is None:

@@ -148,6 +148,7 @@ def run_listen(model, device=None, samplerate=None, threshold=0.6, hop=0.25, rec
         if recorder is not None:
             recorder.close()
     stats = {**worker.stats.summary(), "device_overflows": status_flags["overflow"], "sample_rate": rate,
+             "clipped_samples": spotter.clipped,
              "stream_seconds": round(spotter.samples_seen / rate, 3), "warning": view.warning}
     if interactive:
         out.write("\n" + view.render() + "\n")
@@ -160,7 +161,11 @@ def detect_file(model, path, hop=0.1, threshold=0.6, mode="kernel", compute_devi
     `progress(samples_done, samples_total)`, if given, is called after every hop."""
     from mrconv_audio.data.audio import load_audio
 
+    from mrconv_audio.conditioning import describe_gain, fit_full_scale
+
     x, rate = load_audio(path)
+    x, gain = fit_full_scale(x)
+    warnings = [describe_gain(gain)] if gain != 1.0 else []
     spotter = KeywordSpotter(model, rate, StreamConfig(hop_seconds=hop, threshold=threshold, mode=mode),
                              device=compute_device)
     results = []
@@ -171,5 +176,8 @@ def detect_file(model, path, hop=0.1, threshold=0.6, mode="kernel", compute_devi
     # Flush: let the last word leave through a window's worth of silence.
     results += spotter.push(np.zeros(spotter.window, np.float32))
     found = [r.detection for r in results if r.detection is not None]
+    if spotter.clipped:
+        warnings.append(f"{spotter.clipped} samples beyond [-1, 1] after DC removal were clipped")
     return {"file": str(path), "sample_rate": rate, "duration": round(len(x) / rate, 3),
-            "detections": [{"time": round(d.time, 3), "label": d.label, "score": round(d.score, 4)} for d in found]}
+            "detections": [{"time": round(d.time, 3), "label": d.label, "score": round(d.score, 4)} for d in found],
+            "warnings": warnings}

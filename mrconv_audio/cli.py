@@ -196,6 +196,8 @@ def cmd_detect(args) -> int:
     finally:
         if bar is not None:
             bar.close()
+    for warning in result["warnings"]:
+        print(f"mrconv-audio detect: warning: {args.file}: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

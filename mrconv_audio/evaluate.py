@@ -33,7 +33,14 @@ def predict(model: MRConvClassifier, waveforms: torch.Tensor, sample_rate: float
     device = device or next(model.parameters()).device
     out = [model(waveforms[i : i + batch_size].to(device), sample_rate=sample_rate).float().cpu()
            for i in range(0, len(waveforms), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, model.config.n_classes)
+    logits = torch.cat(out) if out else torch.zeros(0, model.config.n_classes)
+    bad = int((~torch.isfinite(logits).all(-1)).sum())
+    if bad:  # an argmax of NaN would count as a prediction
+        from .streaming import NonFiniteScores
+
+        raise NonFiniteScores(f"the model gave non-finite scores (NaN or infinity) for {bad} of {len(logits)} clips"
+                              f" at {sample_rate or model.config.sample_rate} Hz: its weights are not usable")
+    return logits
 
 
 def bring_to_rate(x: torch.Tensor, rate: int, target: int, method: str) -> tuple[torch.Tensor, str]:

@@ -9,7 +9,7 @@
     LogMelFrames        the fast path of a log-mel model: only the frames new audio brings are computed
     LagMonitor          says when live processing falls behind real time, why, and what to do about it
 
-Each hop: mono mixdown -> window (the model's 1 s at the input's own rate) -> model (kernel resampling, or the
+Each hop: mono mixdown, DC offset removed, clipped to [-1, 1] (conditioning.py) -> window (the model's 1 s at the input's own rate) -> model (kernel resampling, or the
 audio resampled to the model's rate) -> softmax -> mean over the last `smoothing` hops -> a detection when a
 keyword's smoothed probability passes its threshold, outside the refractory period, and the window is not silent.
 
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .conditioning import DCBlocker
 from .data.audio import resample
 from .device import pick_device
 from .frontend import LogMel, frame_layout
@@ -75,6 +76,7 @@ class StreamConfig:
     energy_gate_dbfs: float = -50.0  # windows quieter than this (RMS, dB full scale) never fire
     mode: str = "kernel"  # kernel: run at the input's rate; input: resample the audio to the model's rate
     ignore: tuple[str, ...] = NON_KEYWORDS  # classes that never fire
+    remove_dc: bool = True  # a 10 Hz high-pass before the model (conditioning.py: an offset makes false accepts)
 
     def __post_init__(self):
         if self.hop_seconds <= 0 or self.smoothing < 1 or (self.refractory_seconds or 0) < 0 or self.same_word_seconds < 0:
@@ -93,6 +95,10 @@ class StreamConfig:
         if self.refractory_seconds is not None:
             return self.refractory_seconds
         return 2 * window_seconds + (self.smoothing - 1) * self.hop_seconds
+
+
+class NonFiniteScores(ValueError):
+    """The model gave NaN or infinite scores: no label can be read from them (never a silent argmax of NaN)."""
 
 
 @dataclass
@@ -255,9 +261,14 @@ class KeywordSpotter:
         self.pending = np.zeros(0, dtype=np.float32)  # samples received since the last hop
         self.samples_seen = 0  # samples that have entered the buffer (received or lost)
         self.recent = deque(maxlen=self.cfg.smoothing)
+        self.dc = DCBlocker(self.sample_rate) if self.cfg.remove_dc else None
+        self.clipped = 0  # samples beyond [-1, 1] after DC removal, clipped (a stream cannot be rescaled later)
 
     def reset(self) -> None:
         self.buffer[:] = 0
+        self.clipped = 0
+        if self.dc is not None:
+            self.dc.reset()
         self.pending = np.zeros(0, dtype=np.float32)
         self.samples_seen = 0
         self.recent.clear()
@@ -281,8 +292,19 @@ class KeywordSpotter:
             samples = samples.mean(axis=1, dtype=np.float32)
         return np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
 
+    def condition(self, samples: np.ndarray) -> np.ndarray:
+        """Mono, DC removed, clipped to full scale (counted in `clipped`)."""
+        x = self.mono(samples)
+        if self.dc is not None:
+            x = self.dc(x)
+        over = int(np.count_nonzero(np.abs(x) > 1))
+        if over:
+            self.clipped += over
+            x = np.clip(x, -1, 1)
+        return x
+
     def push(self, samples: np.ndarray) -> list[HopResult]:
-        self.pending = np.concatenate([self.pending, self.mono(samples)])
+        self.pending = np.concatenate([self.pending, self.condition(samples)])
         results = []
         while len(self.pending) >= self.hop:
             hop, self.pending = self.pending[: self.hop], self.pending[self.hop :]
@@ -333,6 +355,9 @@ class KeywordSpotter:
         start = time.perf_counter()
         with torch_threads(self.threads if self.device.type == "cpu" else None):
             logits = self._logits()
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteScores(f"the model gave non-finite scores (NaN or infinity) for the window ending at "
+                                  f"{self.samples_seen / self.sample_rate:.2f} s: its weights are not usable")
         self.recent.append(torch.softmax(logits.float(), -1)[0].cpu().numpy())
         probs = np.mean(self.recent, axis=0)
         latency_ms = (time.perf_counter() - start) * 1e3

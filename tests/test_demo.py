@@ -5,6 +5,7 @@ import socket
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from app.demo import (EXAMPLES, MAX_CLIP_SECONDS, NO_KEYWORD, ClipAnalyzer, InputProblem, example_word, kernel_figure,
                       launch, literal)
@@ -178,7 +179,8 @@ def test_predict_api_returns_the_detections_of_a_long_clip(served, tmp_path):
 
     wav = write(tmp_path / "long.wav", speechlike(4, 16000), 16000)
     result = Client(served, verbose=False).predict(handle_file(str(wav)), api_name="/predict")
-    assert set(result) == {"label", "confidences", "detections"} and len(result["confidences"]) == 5
+    assert set(result) == {"label", "confidences", "detections", "notes"} and len(result["confidences"]) == 5
+    assert result["notes"] == []
     assert result["label"] == (", ".join(d["label"] for d in result["detections"]) or NO_KEYWORD)
 
 
@@ -195,3 +197,30 @@ def test_launch_names_the_command_options_not_gradios(capsys):
         assert "--port" in str(error.value) and "GRADIO_SERVER_PORT" not in str(error.value)
     finally:
         close_all()
+
+
+def test_a_loud_or_offset_clip_reads_as_the_clean_one_and_says_what_was_done(shipped, tmp_path):
+    """Float audio far beyond full scale and a DC offset: every example reads as its own word, with a note for the
+    scaled one (the shipped model read the x1e5 'stop' stream as 'down' before)."""
+    for path in sorted(EXAMPLES.glob("*.wav")):
+        x, rate = sf.read(path, dtype="float32")
+        word = example_word(path)
+        loud = shipped.classify(write(tmp_path / "loud.wav", x * 1e5, rate, "FLOAT"))
+        assert loud["label"] == word and "beyond full scale" in loud["notes"][0]
+        clean = shipped.classify(path)["confidences"][word]
+        offset = shipped.classify(write(tmp_path / "offset.wav", x + 0.7, rate, "FLOAT"))
+        assert offset["label"] == word and offset["notes"] == []
+        # the same confidence as the clean clip (without DC removal "left" drops from 1.00 to 0.81)
+        assert offset["confidences"][word] == pytest.approx(clean, abs=0.02)
+
+
+def test_non_finite_scores_are_an_error_never_a_label():
+    from mrconv_audio.cli import load_model
+
+    model = load_model(None)
+    analyzer = ClipAnalyzer(model)
+    with torch.no_grad():
+        model.decoder.bias[0] = float("nan")  # corrupted after loading (loading refuses NaN weights)
+    (path,) = EXAMPLES.glob("yes_*.wav")
+    with pytest.raises(InputProblem, match="non-finite scores"):
+        analyzer.classify(path)

@@ -154,3 +154,17 @@ def test_evaluate_cli_joins_several_roots(model_dir, tmp_path):
         counts[name] = result["results"][0]["n"]
     # b has no noise of its own: the joined test split has a's silence, and b's words and unknown words too.
     assert counts["ab"] > counts["a"] and counts["ab"] > counts["b"]
+
+
+def test_non_finite_scores_are_refused_not_counted_as_predictions():
+    from mrconv_audio.evaluate import predict
+    from mrconv_audio.streaming import NonFiniteScores
+
+    model = MRConvClassifier(MRConvConfig(d_model=8, depth=1, labels=KEYWORDS[:2] + ["_silence_", "_unknown_"]))
+    model.eval()
+    x = 0.1 * torch.randn(5, 16000)
+    assert predict(model, x).shape == (5, 4)
+    with torch.no_grad():
+        model.decoder.weight[1, 0] = float("inf")  # one class's score: inf or NaN on every clip
+    with pytest.raises(NonFiniteScores, match="non-finite scores .* for 5 of 5 clips at 16000 Hz"):
+        predict(model, x)

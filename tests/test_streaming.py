@@ -6,7 +6,9 @@ import torch
 
 from helpers import randomize_batchnorms
 from mrconv_audio import MRConvClassifier, MRConvConfig
-from mrconv_audio.streaming import ChunkLag, KeywordSpotter, LagMonitor, StreamConfig, StreamWorker, listen_fixes
+from mrconv_audio.conditioning import remove_dc
+from mrconv_audio.streaming import (ChunkLag, KeywordSpotter, LagMonitor, NonFiniteScores, StreamConfig, StreamWorker,
+                                    listen_fixes)
 from tone_model import ToneModel, tone_stream
 
 
@@ -141,6 +143,11 @@ def varied(seconds, rate, seed=1):
     return (noise + 0.3 * np.sin(2 * np.pi * 440 * t) * (np.abs(t - 1.2) < 0.2)).astype(np.float32)
 
 
+def conditioned(stream, rate, dc=True):
+    """What the engine does to audio before its window: DC removed, clipped to [-1, 1] (varied() peaks near 1)."""
+    return np.clip(remove_dc(stream, rate) if dc else stream, -1, 1)
+
+
 def logmel_model(**overrides):
     model = MRConvClassifier(MRConvConfig.preset("logmel", d_model=16, depth=3, labels=ToneModel.labels, **overrides))
     randomize_batchnorms(model)
@@ -162,7 +169,7 @@ def test_engine_probabilities_equal_the_model_offline_on_the_same_windows(rate, 
     spotter = KeywordSpotter(model, rate, StreamConfig(hop_seconds=hop, smoothing=1))
     assert spotter.frames is not None  # the incremental path
     live = np.array([r.probabilities for r in run(spotter, stream, block=rate // 30)])
-    offline = offline_probabilities(model, stream, spotter)
+    offline = offline_probabilities(model, conditioned(stream, rate), spotter)
     assert live.shape == offline.shape and len(live) == int(2.6 / hop)
     np.testing.assert_allclose(live, offline, rtol=0, atol=1e-5)
     assert np.abs(offline[1:] - offline[:-1]).max() > 1e-2  # the next hop's window would not pass for this one's
@@ -174,11 +181,12 @@ def test_engine_equals_offline_with_smoothing_across_a_gap_and_for_other_block_s
     before, after = varied(3, rate, seed=2), varied(3, rate, seed=3)
     gap = 2 * hop + 1000  # lost audio: silence in the offline stream
     stream = np.concatenate([before, np.zeros(gap, np.float32), after])
-    spotter = KeywordSpotter(model, rate, StreamConfig(hop_seconds=0.1, smoothing=3))
+    # lost audio is silence after DC removal, so the offline stream is compared without it
+    spotter = KeywordSpotter(model, rate, StreamConfig(hop_seconds=0.1, smoothing=3, remove_dc=False))
     live = run(spotter, before, block=1000)
     spotter.skip(gap)
     live += run(spotter, after, block=1000)
-    raw = offline_probabilities(model, stream, spotter)
+    raw = offline_probabilities(model, conditioned(stream, rate, dc=False), spotter)
     ends = np.array([r.end_time for r in live])
     kept = np.round(ends * rate / hop).astype(int) - 1  # hops classified: none ends inside the gap
     assert len(kept) == len(raw) - 2 and np.isclose(ends[-1], len(stream) // hop * hop / rate)
@@ -200,8 +208,8 @@ def test_shipped_model_streams_exactly_and_computes_only_new_frames():
     live += run(spotter, stream[2 * rate :], block=4800)
     # A 0.1 s hop brings 10 new frames; 3 more reach into the window's zero padding (2 at the start, 1 at the end).
     assert spotter.frames.computed - before == 10 * 13
-    np.testing.assert_allclose([r.probabilities for r in live], offline_probabilities(model, stream, spotter),
-                               atol=1e-5)
+    np.testing.assert_allclose([r.probabilities for r in live],
+                               offline_probabilities(model, conditioned(stream, rate), spotter), atol=1e-5)
 
 
 def test_a_one_second_word_fires_once():
@@ -366,3 +374,62 @@ def test_other_models_with_a_log_mel_front_end_take_the_whole_window_path():
     spotter = KeywordSpotter(PeerLike(), 16000, StreamConfig(hop_seconds=0.1, smoothing=1))
     assert spotter.frames is None
     assert [d.label for d in detections(run(spotter, stream))] == ["low"]
+
+
+# --- input conditioning: DC offset, beyond full scale, non-finite scores ---
+
+def spoken_stream(rate=16000):
+    """The shipped examples, each word in 1.5 s of room, as one stream."""
+    from pathlib import Path
+
+    from mrconv_audio.data.audio import load_audio
+
+    parts = []
+    for path in sorted(Path(__file__).parents[1].glob("app/examples/*.wav")):
+        x, r = load_audio(path)
+        assert r == rate
+        parts += [np.zeros(rate, np.float32), x, np.zeros(rate // 2, np.float32)]
+    return np.concatenate(parts)
+
+
+def detected(spotter, stream):
+    return [(d.detection.label, round(d.detection.time, 1)) for d in run(spotter, stream, block=1600) if d.detection]
+
+
+def test_a_dc_offset_changes_nothing_the_engine_detects():
+    from mrconv_audio.cli import load_model
+
+    model, rate = load_model(None), 16000
+    stream = spoken_stream(rate)
+    clean = detected(KeywordSpotter(model, rate, StreamConfig(hop_seconds=0.1)), stream)
+    assert [label for label, _ in clean] == ["down", "left", "no", "stop", "up", "yes"]
+    for offset in (0.2, -0.5):
+        assert detected(KeywordSpotter(model, rate, StreamConfig(hop_seconds=0.1)), stream + offset) == clean
+    # Without the DC blocker the same offsets make false accepts (measured: "off" beside "stop" at 0.2)
+    raw = [detected(KeywordSpotter(model, rate, StreamConfig(hop_seconds=0.1, remove_dc=False)), stream + offset)
+           for offset in (0.2, -0.5)]
+    assert any(found != clean for found in raw)
+
+
+def test_samples_beyond_full_scale_are_clipped_and_counted():
+    spotter = KeywordSpotter(ToneModel(), 16000, StreamConfig(hop_seconds=0.1, remove_dc=False))
+    loud = np.array([0.5, 3.0, -1e5, 1.0, -1.0], np.float32)
+    spotter.push(loud)
+    assert spotter.clipped == 2
+    np.testing.assert_array_equal(spotter.pending, [0.5, 1.0, -1.0, 1.0, -1.0])
+
+
+def test_non_finite_scores_raise_in_the_engine_and_are_counted_in_a_stream():
+    class NaNModel(ToneModel):
+        def forward(self, x, sample_rate=None):
+            return super().forward(x, sample_rate) * float("nan")
+
+    spotter = KeywordSpotter(NaNModel(), 16000, StreamConfig(hop_seconds=0.1))
+    with pytest.raises(NonFiniteScores, match="non-finite scores"):
+        spotter.push(tone_stream([(0.1, "low", 0.3)], seconds=0.5))
+    worker = StreamWorker(KeywordSpotter(NaNModel(), 16000, StreamConfig(hop_seconds=0.1))).start()
+    for _ in range(3):  # one hop a block: each fails alone, and the stream goes on
+        worker.push(np.zeros(1600, np.float32))
+    assert worker.wait_processed(4800, timeout=60)
+    worker.stop()
+    assert worker.stats.errors == 3 and "non-finite" in worker.stats.last_error
