@@ -19,6 +19,7 @@ import torch
 
 from .data.audio import AudioError, decimate, load_audio, resample
 from .data.speech_commands import UNKNOWN
+from .conditioning import fit_full_scale
 from .device import pick_device
 from .model import MRConvClassifier
 
@@ -120,6 +121,7 @@ def read_folder(folder, labels: list[str], max_seconds: float = 600,
         for wav in sorted(sub.glob("*.wav")):
             try:
                 x, rate = load_audio(wav, max_seconds=max_seconds)
+                x, _ = fit_full_scale(x)  # beyond full scale (integer PCM stored as float): scaled back, as detect does
             except AudioError as e:
                 skipped["unreadable"] += 1
                 problems.append(str(e))

@@ -9,10 +9,6 @@ from __future__ import annotations
 import os
 import stat
 
-# A float file's samples may go a little past full scale (1.0); far past it, the file is not audio at any level a
-# microphone gives (e.g. raw integers written as floats). Training and evaluation refuse it rather than clip it.
-MAX_PEAK = 4.0
-
 
 def shown(path) -> str:
     """The path as text safe to print or write to JSON: bytes that are not UTF-8 appear as \\xNN escapes."""
@@ -44,10 +40,3 @@ def file_problem(path) -> str | None:
         return f"not a regular file ({kind})"
     return None
 
-
-def level_problem(x) -> str | None:
-    """Why decoded samples (a numpy array, finite) are at no usable level, or None."""
-    peak = float(abs(x).max()) if len(x) else 0.0
-    if peak > MAX_PEAK:
-        return f"peak amplitude {peak:.3g}, far beyond full scale (1.0; at most {MAX_PEAK:g} is accepted)"
-    return None

@@ -1,5 +1,5 @@
 """A corpus of bad audio inputs, generated into a folder: every way a file can be wrong that we have met or can
-imagine (empty, not audio, cut short, NaN, 200 kHz, no samples, far too loud, a name that is not UTF-8, a FIFO, a
+imagine (empty, not audio, cut short, NaN, 200 kHz, no samples, far too loud, stereo, a name that is not UTF-8, a FIFO, a
 folder, a symlink loop...). Every tool that reads audio files must refuse each refused entry with a message naming it
 (or a skipped-list entry), never hang and never end in a traceback; the usable entries must be used.
 
@@ -25,7 +25,7 @@ class BadInput:
     name: str  # a short id, e.g. "nan"
     path: Path  # the file (the non-UTF-8 name holds surrogate escapes, as os.listdir gives it)
     problem: str  # what is wrong with it, in words
-    usable: bool = False  # a file the tools should use as it is (stereo): accepted, not refused
+    usable: bool = False  # a file the tools should use (stereo, beyond full scale): accepted, not refused
     rate: int | None = None  # readable, at a rate a model may not run at: refused only where the rate is out of range
 
     @property
@@ -67,8 +67,8 @@ def make_bad_inputs(folder, prefix: str = "", rate: int = 16000, fifo: bool = Tr
     sf.write(add("rate_200k", "200 kHz, above what a 16 kHz model runs at", rate=200_000), tone(200_000), 200_000,
              subtype="PCM_16")
     sf.write(add("no_samples", "a valid WAV header with 0 samples"), np.zeros(0, np.float32), rate)
-    sf.write(add("huge_amplitude", "a float WAV at 1e5 times full scale"), tone(rate, amplitude=1e5), rate,
-             subtype="FLOAT")
+    sf.write(add("huge_amplitude", "a float WAV at 1e5 times full scale (scaled back to it)", usable=True),
+             tone(rate, amplitude=1e5), rate, subtype="FLOAT")
     sf.write(add("stereo", "two channels (averaged to mono)", usable=True), np.stack([tone(rate)] * 2, 1), rate)
     # A name that is not valid UTF-8 (bytes 0xff 0xfe): Python sees it with surrogate escapes, as os.listdir does.
     name = folder / os.fsdecode(os.fsencode(prefix) + b"latin1_\xff\xfe.wav")

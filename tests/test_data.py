@@ -334,3 +334,14 @@ def test_clips_that_are_not_regular_files_or_have_non_utf8_names_are_listed(tree
                            f"{tree}/up/folder_nohash_0.wav"}
     assert "not valid UTF-8" in listed[f"{tree}/yes/caf\\xe9_nohash_0.wav"]
     json.dumps(data.skipped).encode("utf-8")  # printable, writable: no surrogates left
+
+
+def test_a_clip_beyond_full_scale_is_scaled_back_not_clipped_in_the_cache(tree, tmp_path):
+    t = np.arange(16000) / 16000
+    clean = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    sf.write(tree / "yes" / "loud_nohash_0.wav", clean * 32768, 16000, subtype="FLOAT")  # integer PCM as float
+    split = load_split(SpeechCommands(tree), "kws12", "train", cache_dir=tmp_path / "cache", log=lambda *a: None)
+    row = split.paths.index(str(tree / "yes" / "loud_nohash_0.wav"))
+    got = split.waveforms(np.array([row]))[0].numpy()
+    expected = clean / np.abs(clean).max()  # peak 1, its shape kept
+    np.testing.assert_allclose(got, np.clip(expected, -1, 32767 / 32768), atol=1 / 32768)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..inputfile import file_problem, level_problem, shown
+from ..inputfile import file_problem, shown
 
 
 class AudioError(ValueError):
@@ -20,7 +20,7 @@ class AudioError(ValueError):
 def load_audio(path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Read a file as float32 mono (channels averaged) in [-1, 1]. Returns (samples, sample_rate).
     Refused (AudioError naming the file): anything but a regular file, a name that is not UTF-8, a file soundfile
-    cannot read, no samples, NaN or infinite samples, a peak beyond inputfile.MAX_PEAK."""
+    cannot read, no samples, NaN or infinite samples."""
     import soundfile as sf
 
     problem = file_problem(path)  # before opening: a FIFO would block here forever
@@ -41,8 +41,6 @@ def load_audio(path, max_seconds: float | None = None) -> tuple[np.ndarray, int]
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(mono).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
-    if problem := level_problem(mono):  # e.g. raw integers written as floats: refused, not clipped into a square wave
-        raise AudioError(f"{path}: {problem}")
     return np.ascontiguousarray(mono, dtype=np.float32), int(rate)
 
 

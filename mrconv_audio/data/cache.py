@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
-from ..inputfile import file_problem, level_problem, shown
+from ..conditioning import fit_full_scale
+from ..inputfile import file_problem, shown
 from .audio import AudioError, fit_length, load_audio, resample
 from .speech_commands import LIST_FILES, Example, SpeechCommands, task_labels
 
@@ -85,10 +86,11 @@ def read_example(ex: Example, sample_rate: int, length: int) -> np.ndarray:
         x = data.mean(axis=1)
         if not np.isfinite(x).all():
             raise AudioError(f"{ex.path}: contains NaN or infinite samples")
-        if problem := level_problem(x):
-            raise AudioError(f"{ex.path}: {problem}")
     else:
         x, rate = load_audio(ex.path)
+    # A float file beyond full scale (integer PCM stored as float) is scaled back as the apps do, not clipped into
+    # the int16 cache as a square wave.
+    x, _ = fit_full_scale(np.ascontiguousarray(x, dtype=np.float32))
     return fit_length(resample(torch.from_numpy(np.ascontiguousarray(x)), rate, sample_rate), length).numpy()
 
 

@@ -171,7 +171,7 @@ class SpeechCommands:
         shapes = []
         for root in self.roots:
             for path in sorted((root / NOISE_FOLDER).glob("*.wav")):
-                # Read whole, with the checks every clip gets (regular file, readable, samples, NaN/Inf, level): a noise
+                # Read whole, with the checks every clip gets (regular file, readable, samples, NaN/Inf): a noise
                 # file is at most a few minutes, and a bad one would otherwise train as _silence_.
                 try:
                     x, rate = load_audio(path)
