@@ -256,14 +256,15 @@ def run_evaluation(args, log=print) -> dict:
         raise ValueError(f"--rates {' '.join(map(str, args.rates))}: the model runs at {low:g} to {high:g} Hz")
     if args.data_root:
         task = args.task or infer_task(model.labels)
-        split = load_split(SpeechCommands(args.data_root), task, args.split, sample_rate=16000,
-                           cache_dir=args.cache_dir, log=log)
+        dataset = SpeechCommands(args.data_root)
+        split = load_split(dataset, task, args.split, sample_rate=16000, cache_dir=args.cache_dir, log=log)
         rates = args.rates or DEFAULT_RATES
         waveforms, labels = split.waveforms(np.arange(len(split))), torch.from_numpy(split.labels)
         with progress_bar(len(labels) * len(rates) * len(modes), log) as (bar, say):
             results = evaluate_rates(model, waveforms, labels, 16000, rates, modes, args.input_resample,
                                      args.batch_size, say, bar.update)
-        extra.update(data_root=[str(r) for r in args.data_root], split=args.split, task=task, skipped=split.skipped)
+        extra.update(data_root=[str(r) for r in args.data_root], split=args.split, task=task,
+                     skipped=dataset.skipped + split.skipped)  # files refused while reading the tree, then clips
     else:
         # Without --rates the model runs at each file's own rate (kernel mode): a file it cannot run at is skipped.
         native = model.rate_range() if not args.rates and "kernel" in modes else None

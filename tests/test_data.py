@@ -345,3 +345,9 @@ def test_a_clip_beyond_full_scale_is_scaled_back_not_clipped_in_the_cache(tree, 
     got = split.waveforms(np.array([row]))[0].numpy()
     expected = clean / np.abs(clean).max()  # peak 1, its shape kept
     np.testing.assert_allclose(got, np.clip(expected, -1, 32767 / 32768), atol=1 / 32768)
+
+
+def test_a_list_file_that_is_not_utf8_is_named(tree):
+    (tree / "testing_list.txt").write_bytes(b"yes/caf\xe9_nohash_0.wav\n")
+    with pytest.raises(DataError, match=r"testing_list.txt: not UTF-8 text"):
+        SpeechCommands(tree)

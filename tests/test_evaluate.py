@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -168,3 +169,21 @@ def test_non_finite_scores_are_refused_not_counted_as_predictions():
         model.decoder.weight[1, 0] = float("inf")  # one class's score: inf or NaN on every clip
     with pytest.raises(NonFiniteScores, match="non-finite scores .* for 5 of 5 clips at 16000 Hz"):
         predict(model, x)
+
+
+def test_evaluate_data_root_lists_files_refused_while_reading_the_tree(model_dir, tmp_path):
+    from bad_inputs import fifo_guard
+
+    tree = make_speech_commands(tmp_path / "sc", speakers=3)
+    os.mkfifo(tree / "_background_noise_" / "pipe.wav")
+    (tree / "yes" / "00000001_nohash_9.wav").write_bytes(b"not audio")  # a test-split clip (speaker 1), unreadable
+    with open(tree / "testing_list.txt", "a") as f:
+        f.write("yes/00000001_nohash_9.wav\n")
+    out = tmp_path / "eval.json"
+    with fifo_guard(tree / "_background_noise_" / "pipe.wav") as opened:
+        assert main(["evaluate", "--model", str(model_dir), "--data-root", str(tree), "--split", "test", "--rates",
+                     "16000", "--mode", "kernel", "--json", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert not opened
+    skipped = {s["path"]: s["reason"] for s in json.loads(out.read_text())["skipped"]}
+    assert set(skipped) == {str(tree / "_background_noise_" / "pipe.wav"), str(tree / "yes" / "00000001_nohash_9.wav")}
+    assert "not a regular file (a FIFO)" in skipped[str(tree / "_background_noise_" / "pipe.wav")]

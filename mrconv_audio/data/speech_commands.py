@@ -56,7 +56,11 @@ def read_list(path: Path) -> list[str]:
     """A split list: one relative clip path per line (blank lines ignored)."""
     if not path.is_file():
         raise DataError(f"{path}: missing (a Speech Commands root holds {' and '.join(LIST_FILES.values())})")
-    entries = [line.strip().replace("\\", "/") for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    entries = [line.strip().replace("\\", "/") for line in text.splitlines() if line.strip()]
     for entry in entries:
         if not entry.endswith(AUDIO_SUFFIXES) or entry.count("/") != 1:
             raise DataError(f"{path}: entry {entry!r} is not of the form <word>/<file>.wav (or .flac)")
