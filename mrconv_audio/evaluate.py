@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .conditioning import fit_full_scale
 from .data.audio import AudioError, decimate, load_audio, resample
 from .data.speech_commands import UNKNOWN
-from .conditioning import fit_full_scale
 from .device import pick_device
 from .model import MRConvClassifier
 

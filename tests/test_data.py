@@ -351,3 +351,17 @@ def test_a_list_file_that_is_not_utf8_is_named(tree):
     (tree / "testing_list.txt").write_bytes(b"yes/caf\xe9_nohash_0.wav\n")
     with pytest.raises(DataError, match=r"testing_list.txt: not UTF-8 text"):
         SpeechCommands(tree)
+
+
+def test_a_clip_or_noise_file_too_long_to_decode_is_refused_by_its_header(tree, tmp_path):
+    from mrconv_audio.data.cache import MAX_CLIP_SECONDS
+    from mrconv_audio.data.speech_commands import MAX_NOISE_SECONDS
+
+    rate = 1000  # long files, small on disk
+    sf.write(tree / "yes" / "long_nohash_0.wav", np.zeros((MAX_CLIP_SECONDS + 1) * rate, np.int16), rate)
+    sf.write(tree / "_background_noise_" / "long.wav", np.zeros((MAX_NOISE_SECONDS + 1) * rate, np.int16), rate)
+    data = SpeechCommands(tree)
+    split = load_split(data, "kws12", "train", cache_dir=tmp_path / "cache", log=lambda *a: None)
+    reasons = {Path(s["path"]).name: s["reason"] for s in split.skipped + data.skipped}
+    assert f"the limit is {MAX_CLIP_SECONDS} s" in reasons["long_nohash_0.wav"]
+    assert f"the limit is {MAX_NOISE_SECONDS} s" in reasons["long.wav"]

@@ -22,6 +22,7 @@ from .audio import AudioError, fit_length, load_audio, resample
 from .speech_commands import LIST_FILES, Example, SpeechCommands, task_labels
 
 CACHE_VERSION = 2
+MAX_CLIP_SECONDS = 60  # a clip is one word (1 s) cut to the clip length: a longer file is refused before decoding
 
 
 def default_cache_dir() -> Path:
@@ -87,7 +88,7 @@ def read_example(ex: Example, sample_rate: int, length: int) -> np.ndarray:
         if not np.isfinite(x).all():
             raise AudioError(f"{ex.path}: contains NaN or infinite samples")
     else:
-        x, rate = load_audio(ex.path)
+        x, rate = load_audio(ex.path, max_seconds=MAX_CLIP_SECONDS)
     # A float file beyond full scale (integer PCM stored as float) is scaled back as the apps do, not clipped into
     # the int16 cache as a square wave.
     x, _ = fit_full_scale(np.ascontiguousarray(x, dtype=np.float32))

@@ -1,8 +1,9 @@
 """Download and unpack the official Speech Commands archive: resumable, checksum-verified, atomic.
 
 The archive is fetched into `<root>/.download/<name>.part` (an interrupted download continues with an HTTP Range
-request), verified against its SHA-256, and unpacked (regular files and folders only, without owners or special permission
-bits) into a temporary folder that is renamed into place only when complete: a root is either absent or whole.
+request), verified against its SHA-256, and unpacked (regular files and folders only, without owners or special
+permission bits) into a temporary folder that is renamed into place only when complete: a root is either absent or
+whole.
 """
 from __future__ import annotations
 

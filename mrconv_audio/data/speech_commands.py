@@ -32,6 +32,7 @@ V2_ONLY_WORDS = {"backward", "follow", "forward", "learn", "visual"}
 # The release's background noise is 6 recordings (dishes, cat, exercise bike, pink and white noise, running tap).
 NOISE_RECORDINGS = 6
 LONG_NOISE_SECONDS = 2.0  # a noise file longer than this is a recording of its own; shorter ones are slices
+MAX_NOISE_SECONDS = 600  # noise files are read whole to be checked: longer ones are refused (the release's: 95 s)
 
 
 class DataError(ValueError):
@@ -175,10 +176,10 @@ class SpeechCommands:
         shapes = []
         for root in self.roots:
             for path in sorted((root / NOISE_FOLDER).glob("*.wav")):
-                # Read whole, with the checks every clip gets (regular file, readable, samples, NaN/Inf): a noise
-                # file is at most a few minutes, and a bad one would otherwise train as _silence_.
+                # Read whole, with the checks every clip gets (regular file, readable, samples, NaN/Inf): a bad noise
+                # file would otherwise train as _silence_.
                 try:
-                    x, rate = load_audio(path)
+                    x, rate = load_audio(path, max_seconds=MAX_NOISE_SECONDS)
                 except AudioError as e:  # its message starts with the file's name
                     self.skipped.append({"path": shown(path), "reason": f"{e} (background noise, skipped)"})
                     continue
