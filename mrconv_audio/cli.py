@@ -177,8 +177,10 @@ def cmd_detect(args) -> int:
 
     from app.listen import detect_file
 
-    if not Path(args.file).exists():
-        raise FileNotFoundError(f"{args.file}: no such file")
+    from .inputfile import file_problem, shown
+
+    if problem := file_problem(args.file):  # before loading the model; a FIFO is never opened
+        raise FileNotFoundError(f"{shown(args.file)}: {problem}")
     bar = None
 
     def progress(done: int, total: int) -> None:  # a bar on stderr; tqdm leaves it out when that is not a terminal

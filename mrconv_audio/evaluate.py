@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .conditioning import fit_full_scale
 from .data.audio import AudioError, decimate, load_audio, resample
 from .data.speech_commands import UNKNOWN
 from .device import pick_device
@@ -99,8 +100,10 @@ def evaluate_rates(model, waveforms: torch.Tensor, labels: torch.Tensor, source_
     return results
 
 
-def read_folder(folder, labels: list[str], max_seconds: float = 600) -> tuple[list, list, dict]:
-    """A folder of <label>/*.wav at their own rates -> [(waveform, rate, label index)], skipped counts by reason."""
+def read_folder(folder, labels: list[str], max_seconds: float = 600,
+                rate_range: tuple[float, float] | None = None) -> tuple[list, dict, list]:
+    """A folder of <label>/*.wav at their own rates -> [(waveform, rate, label index)], skipped counts by reason,
+    and a message naming each skipped file. Files at rates outside `rate_range` (low, high) are skipped too."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
@@ -118,9 +121,15 @@ def read_folder(folder, labels: list[str], max_seconds: float = 600) -> tuple[li
         for wav in sorted(sub.glob("*.wav")):
             try:
                 x, rate = load_audio(wav, max_seconds=max_seconds)
+                x, _ = fit_full_scale(x)  # beyond full scale (integer PCM stored as float): scaled back, as detect does
             except AudioError as e:
                 skipped["unreadable"] += 1
                 problems.append(str(e))
+                continue
+            if rate_range is not None and not rate_range[0] <= rate <= rate_range[1]:
+                skipped["rate out of range"] += 1
+                problems.append(f"{wav}: recorded at {rate} Hz, outside the rates the model runs at "
+                                f"({rate_range[0]:g} to {rate_range[1]:g} Hz; --rates brings files to other rates)")
                 continue
             items.append((torch.from_numpy(x), rate, index))
     if not items:
@@ -242,18 +251,26 @@ def run_evaluation(args, log=print) -> dict:
     model = MRConvClassifier.from_pretrained(model_dir).reparameterize().to(pick_device(args.device))
     modes = [args.mode] if args.mode else list(MODES)
     extra: dict = {"modes": modes, "input_resample": args.input_resample}
+    low, high = model.rate_range()
+    if "kernel" in modes and any(not low <= rate <= high for rate in args.rates or []):
+        raise ValueError(f"--rates {' '.join(map(str, args.rates))}: the model runs at {low:g} to {high:g} Hz")
     if args.data_root:
         task = args.task or infer_task(model.labels)
-        split = load_split(SpeechCommands(args.data_root), task, args.split, sample_rate=16000,
-                           cache_dir=args.cache_dir, log=log)
+        dataset = SpeechCommands(args.data_root)
+        split = load_split(dataset, task, args.split, sample_rate=16000, cache_dir=args.cache_dir, log=log)
         rates = args.rates or DEFAULT_RATES
         waveforms, labels = split.waveforms(np.arange(len(split))), torch.from_numpy(split.labels)
         with progress_bar(len(labels) * len(rates) * len(modes), log) as (bar, say):
             results = evaluate_rates(model, waveforms, labels, 16000, rates, modes, args.input_resample,
                                      args.batch_size, say, bar.update)
-        extra.update(data_root=[str(r) for r in args.data_root], split=args.split, task=task, skipped=split.skipped)
+        extra.update(data_root=[str(r) for r in args.data_root], split=args.split, task=task,
+                     skipped=dataset.skipped + split.skipped)  # files refused while reading the tree, then clips
     else:
-        items, skipped, problems = read_folder(args.folder, model.labels)
+        # Without --rates the model runs at each file's own rate (kernel mode): a file it cannot run at is skipped.
+        native = model.rate_range() if not args.rates and "kernel" in modes else None
+        items, skipped, problems = read_folder(args.folder, model.labels, rate_range=native)
+        for problem in problems:
+            log(f"skipped {problem}")
         results = []
         groups: dict[int, list] = defaultdict(list)
         for x, rate, index in items:
@@ -268,7 +285,7 @@ def run_evaluation(args, log=print) -> dict:
                 results += evaluate_rates(model, x, y, native, targets, modes, args.input_resample, args.batch_size,
                                           say, bar.update)
         results = merge_results(results, model.labels)
-        extra.update(folder=str(args.folder), skipped=skipped, problems=problems[:50])
+        extra.update(folder=str(args.folder), skipped=skipped, problems=problems)
         if skipped:
             log(f"skipped: {skipped}")
     log(results_table(results))

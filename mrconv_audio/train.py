@@ -218,7 +218,9 @@ def load_data(cfg: "TrainConfig", log) -> tuple:
     train_split, val_split = load("train"), load("validation")
     for warning in dataset.warnings:
         log(f"warning: {warning}")
-    return train_split, val_split
+    # Files refused while reading the tree (background noise, FIFOs, names that are not UTF-8) are listed with the
+    # training split's unreadable clips: skipped.json names every file left out.
+    return dataclasses.replace(train_split, skipped=dataset.skipped + train_split.skipped), val_split
 
 
 def build_classifier(cfg: "TrainConfig", labels: list[str], train_split) -> MRConvClassifier:
@@ -260,7 +262,8 @@ def train_epoch(step_model, optimizer, scheduler, split, batches: list[np.ndarra
                 augmenter: Augmenter | None, weights: torch.Tensor | None, workers: int, amp: bool,
                 after_step=None, bar=_NoBar()) -> tuple[float, int, int]:
     """AdamW steps on `batches` (global batches of clip indices; this process trains on its shard of each).
-    Returns the sum over every process of (loss x clips, correct clips, clips)."""
+    Returns the sum over every process of (loss x clips, correct clips, clips). `after_step(i, running)`, if given,
+    is called after step i; `running()` gives those sums so far (a collective: every process calls it or none)."""
     loader = batch_loader(split, [b[shard(b, world)] for b in batches], workers, pin=device.type == "cuda")
     device_weights = weights.to(device) if weights is not None else None
     sums, seen = torch.zeros(2, device=device), 0  # loss x clips, correct: summed on the device, read rarely
@@ -289,7 +292,7 @@ def train_epoch(step_model, optimizer, scheduler, split, batches: list[np.ndarra
             bar.set_postfix(loss=f"{sums[0].item() / (seen * world.size):.3f}",
                             clips_per_s=f"{seen * world.size / (time.time() - start):.1f}")
         if after_step is not None:
-            after_step(i)
+            after_step(i, lambda: world.sum([*sums.tolist(), seen], device))
     loss_sum, correct, seen = world.sum([*sums.tolist(), seen], device)
     return loss_sum, int(correct), int(seen)
 
@@ -320,8 +323,6 @@ def _train(cfg: TrainConfig, world: World, device, log, build_model, data) -> Pa
     skipped = train_split.skipped + val_split.skipped
     if world.main:
         write_json(out / "skipped.json", skipped)
-    if skipped:
-        log(f"skipped {len(skipped)} unreadable clips (listed in {out / 'skipped.json'}), e.g. {skipped[0]['path']}")
     if len(train_split) == 0:
         raise ValueError(f"{cfg.data_root}: no readable training clips for task {cfg.task}")
     labels = task_labels(cfg.task)
@@ -338,10 +339,16 @@ def _train(cfg: TrainConfig, world: World, device, log, build_model, data) -> Pa
     if world.rank:  # each process draws its own dropout masks
         torch.manual_seed(cfg.seed + 7919 * world.rank)
     for root in cfg.extra_train:  # e.g. synthetic speakers: they train, but never set the statistics above
-        extra = load_split(SpeechCommands(root), cfg.task, "train", cfg.sample_rate, cache_dir=cfg.cache_dir,
+        extra_data = SpeechCommands(root)
+        extra = load_split(extra_data, cfg.task, "train", cfg.sample_rate, cache_dir=cfg.cache_dir,
                            seed=cfg.seed, log=log, silence_fraction=0.0)
         log(f"adding {len(extra)} training clips from {root}")
         train_split = train_split.concat(extra)
+        skipped += extra_data.skipped + extra.skipped
+        if world.main:
+            write_json(out / "skipped.json", skipped)
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable files (listed in {out / 'skipped.json'}), e.g. {skipped[0]['path']}")
     optimizer = torch.optim.AdamW(model.parameter_groups(cfg.lr, cfg.weight_decay, cfg.kernel_lr))
     steps_per_epoch = len(global_batches(np.arange(len(train_split)), cfg.batch_size, world.size))
     total = steps_per_epoch * cfg.epochs
@@ -384,11 +391,15 @@ def _train(cfg: TrainConfig, world: World, device, log, build_model, data) -> Pa
         order = torch.randperm(len(train_split), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
         batches = global_batches(order.numpy(), cfg.batch_size, world.size)
         first = progress["step"]
+        # The epoch's sums (loss x clips, correct, clips) over the steps before `first`, run before a resume: the
+        # epoch's metrics count every step of it, not only those after the resume.
+        before = progress.get("epoch_sums", [0.0, 0, 0])
 
-        def after_step(i: int) -> None:
+        def after_step(i: int, running) -> None:
             step = first + i + 1
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < steps_per_epoch:
-                save({**progress, "epoch": epoch, "step": step})
+                sums = [a + b for a, b in zip(before, running())]
+                save({**progress, "epoch": epoch, "step": step, "epoch_sums": sums})
                 log(f"checkpoint saved: epoch {epoch + 1} step {step}")
 
         model.train()
@@ -397,6 +408,7 @@ def _train(cfg: TrainConfig, world: World, device, log, build_model, data) -> Pa
         loss_sum, correct, seen = train_epoch(step_model, optimizer, scheduler, train_split, batches[first:], world,
                                               device, augmenter, weights, workers, amp, after_step, bar)
         bar.close()
+        loss_sum, correct, seen = loss_sum + before[0], correct + int(before[1]), seen + int(before[2])
 
         progress = {"epoch": epoch + 1, "step": 0, "best_accuracy": progress["best_accuracy"]}
         if world.main:

@@ -1,4 +1,5 @@
 import collections
+import json
 import os
 from pathlib import Path
 
@@ -292,3 +293,75 @@ def test_speed_perturbation_is_band_limited():
     # to 7.31 kHz (linear interpolation kept it at 40% of the in-band tone's peak).
     assert spectrum[1].max() < 0.05 * spectrum[0].max()
     assert fast.shape == x.shape and not fast[:, 14600:].any()  # 1 s / 1.1 of sound, then zeros
+
+
+def test_bad_background_noise_is_skipped_and_listed_never_silence(tree, tmp_path):
+    from bad_inputs import fifo_guard
+
+    noise = tree / "_background_noise_"
+    nan = (0.05 * np.random.default_rng(1).standard_normal(12 * 16000)).astype(np.float32)
+    nan[5000:6000] = np.nan  # a 12 s recording: its segments would be _silence_ examples
+    sf.write(noise / "nan_noise.wav", nan, 16000, subtype="FLOAT")
+    (noise / "garbage.wav").write_bytes(b"RIFF garbage")
+    os.mkfifo(noise / "pipe.wav")
+    data = SpeechCommands(tree)
+    with fifo_guard(noise / "pipe.wav") as opened:
+        segments = [s for split in ("train", "validation", "test") for s in data.noise_segments(split)]
+    assert not opened, "the FIFO was opened (it would hang without a writer)"
+    assert {Path(s.path).name for s in segments} == {"noise_0.wav", "noise_1.wav", "noise_2.wav"}
+    reasons = {Path(s["path"]).name: s["reason"] for s in data.skipped}
+    assert set(reasons) == {"nan_noise.wav", "garbage.wav", "pipe.wav"}
+    assert "NaN" in reasons["nan_noise.wav"] and "not a readable audio file" in reasons["garbage.wav"]
+    assert "not a regular file (a FIFO)" in reasons["pipe.wav"]
+    assert all(str(noise) in r for r in reasons.values())
+
+
+def test_clips_that_are_not_regular_files_or_have_non_utf8_names_are_listed(tree, tmp_path):
+    from bad_inputs import fifo_guard
+
+    name = os.fsdecode(b"caf\xe9_nohash_0.wav")  # Latin-1, not UTF-8
+    with open(tree / "yes" / name, "wb") as f:
+        sf.write(f, np.zeros(16000, np.float32), 16000, format="WAV")
+    os.mkfifo(tree / "no" / "pipe_nohash_0.wav")
+    (tree / "up" / "folder_nohash_0.wav").mkdir()
+    with fifo_guard(tree / "no" / "pipe_nohash_0.wav") as opened:
+        data = SpeechCommands(tree)
+        split = load_split(data, "kws12", "train", cache_dir=tmp_path / "cache", log=lambda *a: None)
+    assert not opened
+    assert len(split) == len(data.examples("kws12", "train"))  # the good clips, all of them
+    listed = {s["path"]: s["reason"] for s in data.skipped}
+    assert set(listed) == {f"{tree}/yes/caf\\xe9_nohash_0.wav", f"{tree}/no/pipe_nohash_0.wav",
+                           f"{tree}/up/folder_nohash_0.wav"}
+    assert "not valid UTF-8" in listed[f"{tree}/yes/caf\\xe9_nohash_0.wav"]
+    json.dumps(data.skipped).encode("utf-8")  # printable, writable: no surrogates left
+
+
+def test_a_clip_beyond_full_scale_is_scaled_back_not_clipped_in_the_cache(tree, tmp_path):
+    t = np.arange(16000) / 16000
+    clean = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    sf.write(tree / "yes" / "loud_nohash_0.wav", clean * 32768, 16000, subtype="FLOAT")  # integer PCM as float
+    split = load_split(SpeechCommands(tree), "kws12", "train", cache_dir=tmp_path / "cache", log=lambda *a: None)
+    row = split.paths.index(str(tree / "yes" / "loud_nohash_0.wav"))
+    got = split.waveforms(np.array([row]))[0].numpy()
+    expected = clean / np.abs(clean).max()  # peak 1, its shape kept
+    np.testing.assert_allclose(got, np.clip(expected, -1, 32767 / 32768), atol=1 / 32768)
+
+
+def test_a_list_file_that_is_not_utf8_is_named(tree):
+    (tree / "testing_list.txt").write_bytes(b"yes/caf\xe9_nohash_0.wav\n")
+    with pytest.raises(DataError, match=r"testing_list.txt: not UTF-8 text"):
+        SpeechCommands(tree)
+
+
+def test_a_clip_or_noise_file_too_long_to_decode_is_refused_by_its_header(tree, tmp_path):
+    from mrconv_audio.data.cache import MAX_CLIP_SECONDS
+    from mrconv_audio.data.speech_commands import MAX_NOISE_SECONDS
+
+    rate = 1000  # long files, small on disk
+    sf.write(tree / "yes" / "long_nohash_0.wav", np.zeros((MAX_CLIP_SECONDS + 1) * rate, np.int16), rate)
+    sf.write(tree / "_background_noise_" / "long.wav", np.zeros((MAX_NOISE_SECONDS + 1) * rate, np.int16), rate)
+    data = SpeechCommands(tree)
+    split = load_split(data, "kws12", "train", cache_dir=tmp_path / "cache", log=lambda *a: None)
+    reasons = {Path(s["path"]).name: s["reason"] for s in split.skipped + data.skipped}
+    assert f"the limit is {MAX_CLIP_SECONDS} s" in reasons["long_nohash_0.wav"]
+    assert f"the limit is {MAX_NOISE_SECONDS} s" in reasons["long.wav"]

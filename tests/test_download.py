@@ -1,6 +1,7 @@
 import hashlib
 import http.server
 import io
+import os
 import tarfile
 import threading
 
@@ -124,3 +125,38 @@ def test_cli_reports_an_unreachable_server(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(module.RELEASES, "0.02", ("http://127.0.0.1:9/none.tar.gz", "0" * 64))
     assert main(["data", "download", "--root", str(tmp_path / "sc")]) == 2
     assert "cannot connect" in capsys.readouterr().err
+
+
+def make_tar(path, members):
+    """members: [(name, kind "file" | "dir", mode, uid)] -> a .tar.gz at path."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, kind, mode, uid in members:
+            info = tarfile.TarInfo(name)
+            info.mode, info.uid, info.gid, info.uname, info.gname = mode, uid, uid, "someone", "others"
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = 5
+                tar.addfile(info, io.BytesIO(b"audio"))
+    return path
+
+
+def test_a_member_that_needs_a_file_to_be_a_folder_fails_whole_and_names_it(tmp_path):
+    archive = make_tar(tmp_path / "a.tar.gz", [("yes", "dir", 0o755, 0), ("yes/a.wav", "file", 0o644, 0),
+                                               ("x", "file", 0o644, 0), ("x/b.wav", "file", 0o644, 0)])
+    with pytest.raises(DownloadError, match=r"cannot unpack member 'x/b.wav'"):
+        safe_extract(archive, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz"]  # no partial folder, no temporary one
+
+
+def test_special_bits_and_foreign_owners_are_dropped(tmp_path):
+    archive = make_tar(tmp_path / "a.tar.gz", [("d", "dir", 0o3777, 4321), ("d/run.wav", "file", 0o4755, 4321),
+                                               ("d/g.wav", "file", 0o2640, 4321)])
+    safe_extract(archive, tmp_path / "out")
+    for rel, mode in [("d", 0o777), ("d/run.wav", 0o755), ("d/g.wav", 0o640)]:
+        st = (tmp_path / "out" / rel).stat()
+        assert st.st_mode & 0o7777 == mode, rel  # permissions kept, setuid/setgid/sticky gone
+        assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), rel
+    assert (tmp_path / "out" / "d" / "run.wav").read_bytes() == b"audio"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar.gz", "out"]

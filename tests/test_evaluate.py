@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -90,6 +91,28 @@ def test_evaluate_folder_at_native_rates_maps_unknown_words(model_dir, tmp_path)
     assert "bad.wav" in result["problems"][0]
 
 
+def test_evaluate_folder_skips_and_lists_a_file_at_a_rate_the_model_cannot_run_at(model_dir, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    (tmp_path / "f" / "yes").mkdir(parents=True)
+    for name, rate in [("a.wav", 16000), ("b.wav", 200_000), ("c.wav", 22050)]:
+        sf.write(tmp_path / "f" / "yes" / name, 0.1 * rng.standard_normal(rate).astype(np.float32), rate)
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(model_dir), "--folder", str(tmp_path / "f"), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert sorted({r["rate"] for r in result["results"]}) == [16000, 22050]
+    assert all(r["n"] == 1 for r in result["results"])
+    assert result["skipped"] == {"rate out of range": 1}
+    (problem,) = result["problems"]
+    assert problem.startswith(f"{tmp_path / 'f' / 'yes' / 'b.wav'}: recorded at 200000 Hz") and "2000 to 192000" in problem
+    assert problem in capsys.readouterr().out
+    # Brought to rates the model runs at (--rates), the same file is evaluated.
+    assert main(["evaluate", "--model", str(model_dir), "--folder", str(tmp_path / "f"), "--rates", "16000",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["results"][0]["n"] == 3
+    assert main(["evaluate", "--model", str(model_dir), "--folder", str(tmp_path / "f"), "--rates", "300000"]) == 2
+    assert "--rates 300000: the model runs at 2000 to 192000 Hz" in capsys.readouterr().err
+
+
 def test_evaluate_folder_without_label_folders_fails(model_dir, tmp_path, capsys):
     (tmp_path / "f" / "notes").mkdir(parents=True)
     (tmp_path / "f" / "notes" / "todo.txt").write_text("not audio")
@@ -146,3 +169,21 @@ def test_non_finite_scores_are_refused_not_counted_as_predictions():
         model.decoder.weight[1, 0] = float("inf")  # one class's score: inf or NaN on every clip
     with pytest.raises(NonFiniteScores, match="non-finite scores .* for 5 of 5 clips at 16000 Hz"):
         predict(model, x)
+
+
+def test_evaluate_data_root_lists_files_refused_while_reading_the_tree(model_dir, tmp_path):
+    from bad_inputs import fifo_guard
+
+    tree = make_speech_commands(tmp_path / "sc", speakers=3)
+    os.mkfifo(tree / "_background_noise_" / "pipe.wav")
+    (tree / "yes" / "00000001_nohash_9.wav").write_bytes(b"not audio")  # a test-split clip (speaker 1), unreadable
+    with open(tree / "testing_list.txt", "a") as f:
+        f.write("yes/00000001_nohash_9.wav\n")
+    out = tmp_path / "eval.json"
+    with fifo_guard(tree / "_background_noise_" / "pipe.wav") as opened:
+        assert main(["evaluate", "--model", str(model_dir), "--data-root", str(tree), "--split", "test", "--rates",
+                     "16000", "--mode", "kernel", "--json", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert not opened
+    skipped = {s["path"]: s["reason"] for s in json.loads(out.read_text())["skipped"]}
+    assert set(skipped) == {str(tree / "_background_noise_" / "pipe.wav"), str(tree / "yes" / "00000001_nohash_9.wav")}
+    assert "not a regular file (a FIFO)" in skipped[str(tree / "_background_noise_" / "pipe.wav")]

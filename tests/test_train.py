@@ -121,6 +121,11 @@ def test_killed_run_resumes_to_the_same_weights(tree, tmp_path):
     for key in model_keys:
         assert torch.equal(final[key], expected[key]), key
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    # The resumed epoch's metrics count the whole epoch (the steps before the kill too), as the uninterrupted run's.
+    metrics = lambda folder: [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    for got, want in zip(metrics(run), metrics(tmp_path / "ref")):
+        assert got["clips"] == want["clips"] and got["train_accuracy"] == want["train_accuracy"], got["epoch"]
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-6, abs=0), got["epoch"]
 
 
 def test_class_weights_make_every_class_count_alike():

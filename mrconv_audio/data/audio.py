@@ -10,15 +10,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..inputfile import file_problem, shown
+
 
 class AudioError(ValueError):
     """An audio file that cannot be used, with the file named in the message."""
 
 
 def load_audio(path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
-    """Read a file as float32 mono (channels averaged) in [-1, 1]. Returns (samples, sample_rate)."""
+    """Read a file as float32 mono (channels averaged) in [-1, 1]. Returns (samples, sample_rate).
+    Refused (AudioError naming the file): anything but a regular file, a name that is not UTF-8, a file soundfile
+    cannot read, no samples, NaN or infinite samples."""
     import soundfile as sf
 
+    problem = file_problem(path)  # before opening: a FIFO would block here forever
+    if problem:
+        raise AudioError(f"{shown(path)}: {problem}")
     path = Path(path)
     try:
         info = sf.info(str(path))

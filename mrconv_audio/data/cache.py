@@ -16,10 +16,13 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_write
+from ..conditioning import fit_full_scale
+from ..inputfile import file_problem, shown
 from .audio import AudioError, fit_length, load_audio, resample
 from .speech_commands import LIST_FILES, Example, SpeechCommands, task_labels
 
 CACHE_VERSION = 2
+MAX_CLIP_SECONDS = 60  # a clip is one word (1 s) cut to the clip length: a longer file is refused before decoding
 
 
 def default_cache_dir() -> Path:
@@ -74,14 +77,21 @@ def read_example(ex: Example, sample_rate: int, length: int) -> np.ndarray:
     """One example as float32 at `sample_rate`, exactly `length` samples."""
     import soundfile as sf  # here, not at the top: reading a built cache needs only numpy
 
-    if ex.frames > 0:  # a segment of a longer file
+    if ex.frames > 0:  # a segment of a longer file (background noise, checked whole by SpeechCommands as well)
+        if problem := file_problem(ex.path):
+            raise AudioError(f"{shown(ex.path)}: {problem}")
         try:
             data, rate = sf.read(ex.path, start=ex.offset, frames=ex.frames, dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, OSError) as e:
             raise AudioError(f"{ex.path}: not a readable audio file ({e})") from None
         x = data.mean(axis=1)
+        if not np.isfinite(x).all():
+            raise AudioError(f"{ex.path}: contains NaN or infinite samples")
     else:
-        x, rate = load_audio(ex.path)
+        x, rate = load_audio(ex.path, max_seconds=MAX_CLIP_SECONDS)
+    # A float file beyond full scale (integer PCM stored as float) is scaled back as the apps do, not clipped into
+    # the int16 cache as a square wave.
+    x, _ = fit_full_scale(np.ascontiguousarray(x, dtype=np.float32))
     return fit_length(resample(torch.from_numpy(np.ascontiguousarray(x)), rate, sample_rate), length).numpy()
 
 

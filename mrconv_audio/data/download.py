@@ -1,8 +1,9 @@
 """Download and unpack the official Speech Commands archive: resumable, checksum-verified, atomic.
 
 The archive is fetched into `<root>/.download/<name>.part` (an interrupted download continues with an HTTP Range
-request), verified against its SHA-256, and unpacked into a temporary folder that is renamed into place only when
-complete: a root is either absent or whole.
+request), verified against its SHA-256, and unpacked (regular files and folders only, without owners or special
+permission bits) into a temporary folder that is renamed into place only when complete: a root is either absent or
+whole.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hashlib
 import os
 import shutil
 import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -65,13 +67,55 @@ def fetch(url: str, part: Path, log=print, timeout: float = 60) -> None:
 
 
 def safe_extract(archive: Path, destination: Path) -> None:
-    """Unpack a .tar.gz, refusing members that would land outside `destination` or are links/devices."""
-    with tarfile.open(archive, "r:*") as tar:
-        for member in tar.getmembers():
-            target = (destination / member.name).resolve()
-            if not (member.isfile() or member.isdir()) or not target.is_relative_to(destination.resolve()):
-                raise DownloadError(f"{archive}: refusing unsafe archive member {member.name!r}")
-        tar.extractall(destination)
+    """Unpack a tar archive into `destination` (absent, or an empty folder), all or nothing.
+
+    Only regular files and folders are unpacked; a member that would land outside `destination`, a link or a device
+    is refused before anything is written. Members go into a temporary folder beside `destination` that is renamed
+    into place only when complete: on any failure nothing is left behind. Files and folders are created by the
+    running user with the archive's permission bits less setuid, setgid and sticky (as root too: an archive's owners
+    and special bits are never kept)."""
+    destination = Path(destination)
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise DownloadError(f"{destination}: exists and is not an empty folder; cannot unpack {archive} into it")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for member in members:  # every member checked before any is written
+                target = (partial / member.name).resolve()
+                if not (member.isfile() or member.isdir()) or not target.is_relative_to(partial.resolve()):
+                    raise DownloadError(f"{archive}: refusing unsafe archive member {member.name!r}")
+            for member in members:
+                _unpack(tar, member, partial, archive)
+        if destination.exists():
+            destination.rmdir()
+        os.rename(partial, destination)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _unpack(tar: tarfile.TarFile, member: tarfile.TarInfo, folder: Path, archive: Path) -> None:
+    """One checked member (a regular file or a folder) into `folder`; its mode without special bits."""
+    target = folder / member.name
+    mode = member.mode & 0o777  # no setuid, setgid or sticky bit
+    try:
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            target.chmod(mode | 0o700)  # the files below it must still be writable by us
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            raise IsADirectoryError(f"an earlier member made {member.name!r} a folder")
+        with tar.extractfile(member) as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, CHUNK)
+        target.chmod(mode)
+        os.utime(target, (member.mtime, member.mtime))
+    except (OSError, tarfile.TarError) as e:
+        # e.g. a file "a" followed by "a/b": "a" cannot be both a file and a folder
+        raise DownloadError(f"{archive}: cannot unpack member {member.name!r} ({type(e).__name__}: {e}); "
+                            "nothing was unpacked") from None
 
 
 def download(root, version: str = "0.02", url: str | None = None, sha256: str | None = None, log=print) -> Path:
@@ -96,7 +140,6 @@ def download(root, version: str = "0.02", url: str | None = None, sha256: str | 
                             "run the command again to download afresh")
     unpacked = staging / "unpacked"
     shutil.rmtree(unpacked, ignore_errors=True)
-    unpacked.mkdir(parents=True)
     log(f"checksum ok, unpacking into {unpacked}")
     safe_extract(part, unpacked)
     if not (unpacked / "testing_list.txt").is_file():

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..inputfile import file_problem, name_problem, shown
 from ..model import SC35_LABELS
+from .audio import AudioError, load_audio
 
 KWS_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 SILENCE, UNKNOWN = "_silence_", "_unknown_"
@@ -30,6 +32,7 @@ V2_ONLY_WORDS = {"backward", "follow", "forward", "learn", "visual"}
 # The release's background noise is 6 recordings (dishes, cat, exercise bike, pink and white noise, running tap).
 NOISE_RECORDINGS = 6
 LONG_NOISE_SECONDS = 2.0  # a noise file longer than this is a recording of its own; shorter ones are slices
+MAX_NOISE_SECONDS = 600  # noise files are read whole to be checked: longer ones are refused (the release's: 95 s)
 
 
 class DataError(ValueError):
@@ -54,19 +57,20 @@ def read_list(path: Path) -> list[str]:
     """A split list: one relative clip path per line (blank lines ignored)."""
     if not path.is_file():
         raise DataError(f"{path}: missing (a Speech Commands root holds {' and '.join(LIST_FILES.values())})")
-    entries = [line.strip().replace("\\", "/") for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e})") from None
+    entries = [line.strip().replace("\\", "/") for line in text.splitlines() if line.strip()]
     for entry in entries:
         if not entry.endswith(AUDIO_SUFFIXES) or entry.count("/") != 1:
             raise DataError(f"{path}: entry {entry!r} is not of the form <word>/<file>.wav (or .flac)")
     return entries
 
 
-def _spectral_shape(path: Path) -> np.ndarray:
-    """Mean log power spectrum of a noise file, level removed: what tells one noise recording from another."""
-    import soundfile as sf  # imported where used: a built cache is read without it
-
-    x, _ = sf.read(str(path), dtype="float32", always_2d=True)
-    x = x.mean(axis=1)
+def _spectral_shape(x: np.ndarray) -> np.ndarray:
+    """Mean log power spectrum of a noise file's samples, level removed: what tells one noise recording from
+    another."""
     frames = x[: len(x) // 400 * 400].reshape(-1, 400) * np.hanning(400)
     shape = np.log(np.square(np.abs(np.fft.rfft(frames, axis=1))).mean(0) + 1e-10)
     return shape - shape.mean()
@@ -108,6 +112,7 @@ class SpeechCommands:
         if len({r.resolve() for r in self.roots}) < len(self.roots):
             raise DataError(f"the same Speech Commands folder is given twice: {[str(r) for r in self.roots]}")
         self.warnings: list[str] = []
+        self.skipped: list[dict] = []  # files of the tree refused before any split is built: {"path", "reason"}
         self.clips: dict[str, list[str]] = {}  # word -> sorted file paths (every root)
         self._split: dict[str, str] = {}  # file path -> validation | test (the rest train)
         for root in self.roots:
@@ -119,7 +124,15 @@ class SpeechCommands:
             for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != NOISE_FOLDER):
                 if folder.name.startswith("."):
                     continue
-                files = sorted(str(f) for f in folder.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES)
+                if problem := name_problem(folder):
+                    self._skip(folder, f"label folder skipped: {problem}")
+                    continue
+                files = []
+                for f in sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES):
+                    if problem := file_problem(f):  # a FIFO, a folder, a broken link, a name that is not UTF-8
+                        self._skip(f, f"clip skipped: {problem}")
+                    else:
+                        files.append(str(f))
                 if files:
                     self.clips.setdefault(folder.name, []).extend(files)
                     found = True
@@ -129,6 +142,9 @@ class SpeechCommands:
                 raise DataError(f"{root}: no <word>/*.wav or <word>/*.flac clips found")
         self.version = "0.02" if V2_ONLY_WORDS & set(self.clips) else "0.01"
         self._noise: dict[str, list[Example]] | None = None
+
+    def _skip(self, path: Path, reason: str) -> None:
+        self.skipped.append({"path": shown(path), "reason": f"{shown(path)}: {reason}"})
 
     @property
     def words(self) -> list[str]:
@@ -155,25 +171,27 @@ class SpeechCommands:
         return list(self._noise[split])
 
     def _split_noise(self) -> dict[str, list[Example]]:
-        import soundfile as sf
-
         segments: dict[str, list[Example]] = {}  # source -> its segments
         slices: list[tuple[Path, int]] = []
+        shapes = []
         for root in self.roots:
             for path in sorted((root / NOISE_FOLDER).glob("*.wav")):
+                # Read whole, with the checks every clip gets (regular file, readable, samples, NaN/Inf): a bad noise
+                # file would otherwise train as _silence_.
                 try:
-                    info = sf.info(str(path))
-                except (sf.LibsndfileError, RuntimeError) as e:
-                    self.warnings.append(f"{path}: unreadable background noise, skipped ({e})")
+                    x, rate = load_audio(path, max_seconds=MAX_NOISE_SECONDS)
+                except AudioError as e:  # its message starts with the file's name
+                    self.skipped.append({"path": shown(path), "reason": f"{e} (background noise, skipped)"})
                     continue
-                length = info.samplerate  # 1 s segments
-                if info.frames > LONG_NOISE_SECONDS * info.samplerate:
+                length = rate  # 1 s segments
+                if len(x) > LONG_NOISE_SECONDS * rate:
                     segments[str(path)] = [Example(str(path), SILENCE, i * length, length)
-                                           for i in range(info.frames // length)]
-                elif info.frames > 0:
-                    slices.append((path, min(info.frames, length)))
+                                           for i in range(len(x) // length)]
+                else:
+                    slices.append((path, min(len(x), length)))
+                    shapes.append(_spectral_shape(x))
         if slices:
-            groups = group_by_shape(np.stack([_spectral_shape(p) for p, _ in slices]), NOISE_RECORDINGS)
+            groups = group_by_shape(np.stack(shapes), NOISE_RECORDINGS)
             for (path, frames), group in zip(slices, groups):
                 segments.setdefault(f"slices-{group}", []).append(Example(str(path), SILENCE, 0, frames))
         splits = assign_sources({source: len(segs) for source, segs in segments.items()})
