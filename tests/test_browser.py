@@ -171,6 +171,9 @@ def test_browser_microphone_stream_updates_the_live_label(playwright, url, tmp_p
         page.wait_for_function("first => document.querySelector('#live-label').innerText !== first",
                                arg=first, timeout=120000)
         seen.add(label.inner_text())
+        page.wait_for_function("names => names.some(n => document.querySelector('#live-label').innerText.includes(n))",
+                               arg=LABELS, timeout=120000)
+        seen.add(label.inner_text())
         assert len(seen) > 1
         assert any(name in text for text in seen for name in LABELS)
         assert "dBFS" in page.locator("#live-level textarea").input_value()  # the input level follows the audio
