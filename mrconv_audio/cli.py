@@ -10,17 +10,16 @@ from .cpu import tune_allocator
 
 
 def cmd_info(args) -> int:
-    from .checkpoint import read_config
+    from .checkpoint import load_pretrained
     from .evaluate import default_model_dir
     from .model import MRConvClassifier, MRConvConfig
 
     if args.preset:
-        model_dir, cfg, merged = None, MRConvConfig.preset(args.preset), False
-    else:
+        model_dir, model = None, MRConvClassifier(MRConvConfig.preset(args.preset))
+    else:  # the whole checkpoint is checked (config against weights before allocating), not the config alone
         model_dir = Path(args.model) if args.model else default_model_dir()
-        meta = read_config(model_dir)
-        cfg, merged = meta["config"], meta.get("reparameterized", False)
-    model = MRConvClassifier(cfg)
+        model = load_pretrained(model_dir)
+    cfg, merged = model.config, model.reparameterized
     info = {
         "config": cfg.to_dict(),
         "reparameterized": merged,

@@ -4,13 +4,17 @@ folder, a symlink loop...). Every tool that reads audio files must refuse each r
 (or a skipped-list entry), never hang and never end in a traceback; the usable entries must be used.
 
     corpus = make_bad_inputs(folder)   # [BadInput], also reusable for the demo API and from_pretrained checks
+    models = make_bad_models(folder, good_model_dir)   # [BadModel]: model folders corrupted every way we know
     with fifo_guard(path) as opened:   # the code under test must never open a FIFO
         ...
     assert not opened
 """
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import shutil
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,6 +84,63 @@ def make_bad_inputs(folder, prefix: str = "", rate: int = 16000, fifo: bool = Tr
     loop = add("symlink_loop", "a symlink to itself")
     os.symlink(loop.name, loop)
     os.symlink("no_such_target.wav", add("dangling_link", "a symlink to a missing file"))
+    return corpus
+
+
+@dataclass(frozen=True)
+class BadModel:
+    name: str
+    path: Path  # the model folder
+    problem: str
+    names: str  # the file the error must name (config.json, model.safetensors or the folder)
+
+
+def make_bad_models(folder, good) -> list[BadModel]:
+    """Copies of the model folder `good`, each broken one way, written under `folder`/models/."""
+    folder = Path(folder) / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = []
+    good_config = json.loads((Path(good) / "config.json").read_text())
+
+    def add(name: str, problem: str, names: str = "config.json") -> Path:
+        path = folder / name
+        shutil.copytree(good, path)
+        corpus.append(BadModel(name, path, problem, names))
+        return path
+
+    def with_config(name: str, problem: str, **fields) -> None:
+        meta = json.loads(json.dumps(good_config))
+        meta["config"].update(fields)
+        (add(name, problem) / "config.json").write_text(json.dumps(meta))
+
+    corpus.append(BadModel("missing_folder", folder / "no_such_model", "no such folder", "no_such_model"))
+    (add("no_config", "config.json missing") / "config.json").unlink()
+    (add("no_weights", "model.safetensors missing", "model.safetensors") / "model.safetensors").unlink()
+    (add("config_not_json", "config.json is not JSON") / "config.json").write_text("{labels: yes")
+    (add("config_a_list", "config.json is JSON but not an object") / "config.json").write_text("[1, 2]")
+    (add("config_nested", "config.json nested 100,000 deep") / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    (add("config_huge", "a 2 MB config.json") / "config.json").write_text(" " * (2 << 20))
+    config_dir = add("config_a_folder", "config.json is a folder") / "config.json"
+    config_dir.unlink()
+    config_dir.mkdir()
+    with_config("depth_huge", "depth 1,000,000 (would allocate until memory runs out)", depth=1_000_000)
+    with_config("d_model_huge", "d_model 1,000,000", d_model=1_000_000)
+    with_config("d_model_bool", "d_model true", d_model=True)
+    with_config("d_model_fraction", "d_model 48.5", d_model=48.5)
+    with_config("labels_string", "labels a string, not a list", labels="abcdefghijkl")
+    with_config("input_std_nan", "a NaN input normalization", input_std=float("nan"))
+    with_config("larger_than_weights", "a config the weights do not match", d_model=4096, depth=64)
+    weights = Path(good) / "model.safetensors"
+    (add("weights_truncated", "model.safetensors cut short", "model.safetensors") / "model.safetensors") \
+        .write_bytes(weights.read_bytes()[:100])
+    (add("weights_pickle", "a pickle named model.safetensors", "model.safetensors") / "model.safetensors") \
+        .write_bytes(pickle.dumps({"weight": [1.0, 2.0]}))
+    from safetensors.numpy import load_file, save_file  # numpy: this module stays free of torch
+
+    tensors = load_file(weights)
+    key = sorted(tensors)[0]
+    tensors[key] = np.full_like(tensors[key], np.nan)
+    save_file(tensors, add("weights_nan", "NaN weights", "model.safetensors") / "model.safetensors")
     return corpus
 
 

@@ -100,3 +100,27 @@ def test_detect_names_every_bad_file_in_one_clear_line(model_dir, tmp_path, caps
     result = run_guarded(cli("detect", bad.path, "--model", model_dir), corpus)
     assert result.returncode == 2 and result.stderr.strip() == (
         f"mrconv-audio detect: error: {bad.shown}: the name is not valid UTF-8 (rename it)")
+
+
+def test_every_bad_model_folder_is_named_by_from_pretrained_info_and_detect(model_dir, tmp_path, capsys):
+    """Model folders broken every way in make_bad_models: from_pretrained raises a CheckpointError (or a missing
+    file's OSError) naming the file, and `info` and `detect` end with one line saying so; nothing is allocated for
+    the huge sizes (they would exhaust memory), nothing is unpickled."""
+    from bad_inputs import make_bad_models
+    from mrconv_audio.checkpoint import CheckpointError
+    from mrconv_audio.cli import main
+
+    clip = tmp_path / "tone.wav"
+    sf.write(clip, tone(16000), 16000)
+    corpus = make_bad_models(tmp_path, model_dir)
+    assert len(corpus) >= 18
+    for bad in corpus:
+        with pytest.raises((CheckpointError, OSError)) as raised:
+            MRConvClassifier.from_pretrained(bad.path)
+        assert bad.names in str(raised.value), (bad.name, raised.value)
+        for command in (["info", "--model", str(bad.path)], ["detect", str(clip), "--model", str(bad.path)]):
+            code = main(command)
+            out, err = capsys.readouterr()
+            assert code == 2, (bad.name, command, out, err)
+            (line,) = err.strip().splitlines()
+            assert line.startswith(f"mrconv-audio {command[0]}: error: ") and bad.names in line, (bad.name, line)
