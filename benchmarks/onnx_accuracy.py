@@ -68,7 +68,8 @@ def main(argv=None) -> int:
             for name, logits in rows.items():
                 key = f"{rate}/{name}"
                 result["accuracy"][key] = round(float((logits.argmax(-1) == labels).mean()), 4)
-                result["agreement_with_pytorch"][key] = round(float((logits.argmax(-1) == reference.argmax(-1)).mean()), 4)
+                agree = (logits.argmax(-1) == reference.argmax(-1)).mean()
+                result["agreement_with_pytorch"][key] = round(float(agree), 4)
                 error = np.abs(logits - reference).max(-1) / np.abs(reference).max(-1)
                 result["max_relative_logit_error"][key] = float(f"{error.max():.3g}")
             line = "  ".join(f"{name} {100 * result['accuracy'][f'{rate}/{name}']:.2f}%" for name in rows)

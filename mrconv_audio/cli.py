@@ -374,14 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("export", help="export a model to ONNX at one input rate (onnxruntime, no torch needed to run it)")
+    p = sub.add_parser("export", help="export a model to ONNX at one input rate (runs on onnxruntime, without torch)")
     p.add_argument("--model", help="model folder (default: the shipped model)")
     p.add_argument("--rate", type=int, default=16000, help="input sample rate in Hz the exported file runs at")
     p.add_argument("--out", required=True, metavar="OUT.onnx", help="file to write")
     p.add_argument("--int8", metavar="OUT.int8.onnx", help="also write an int8 variant (dynamic quantization of the "
                    "pointwise layers) here (default: none)")
-    p.add_argument("--conv", default="matmul", choices=["matmul", "conv"],
-                   help="MRConv layers as per-channel Toeplitz MatMuls or as depthwise Convs (benchmarks/onnx_speed.py)")
+    p.add_argument("--conv", default="matmul", choices=["matmul", "conv", "fft"],
+                   help="MRConv layers as per-channel Toeplitz MatMuls, depthwise Convs or FFTs "
+                   "(benchmarks/onnx_speed.py)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="Gradio web demo (live microphone, clips, model view, predict API)")
@@ -402,6 +403,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, OSError) as e:  # bad input, missing files, network: one clear line, no traceback
         print(f"mrconv-audio {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        print(f"mrconv-audio {args.command}: error: this needs PyTorch, which the light install leaves out (listen "
+              "and detect run exported models without it); install the full package: pip install mrconv-audio",
+              file=sys.stderr)
         return 2
 
 

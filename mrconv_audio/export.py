@@ -7,8 +7,9 @@ The exported graph computes what MRConvClassifier.forward computes, in operators
   use, not all n_fft // 2 + 1), squared, summed (power), a MatMul with the mel filterbank, Log. Where a rate's hop
   is not a whole number of samples (22.05 kHz, 11.025 kHz) the frames are gathered by a constant index instead;
 - each MRConv layer: its merged kernel (the branches and D summed, the bias apart) as a constant, applied over the
-  100 frames either as a per-channel Toeplitz MatMul ("matmul", the default: fastest in onnxruntime, see
-  benchmarks/onnx_speed.py) or a depthwise Conv ("conv");
+  100 frames as a per-channel Toeplitz MatMul ("matmul", the default: fastest in onnxruntime, see
+  benchmarks/onnx_speed.py), a depthwise Conv ("conv"), or as the PyTorch layer does it, rfft -> product with the
+  spectrum -> irfft ("fft": onnxruntime's DFT; measured, not the default);
 - BatchNorms folded into a scale and a shift; pointwise layers as MatMuls on (batch, frames, channels), so that
   onnxruntime's dynamic quantization can turn them into int8.
 No FFT: onnxruntime's DFT is fragile (irfft needs recent onnxscript/onnxruntime and is fast only for power-of-two
@@ -37,7 +38,7 @@ from .frontend import frame_layout, mel_filterbank
 from .model import MRConvClassifier
 from .onnx_model import FORMAT, FORMAT_VERSION
 
-CONV_MODES = ("matmul", "conv")
+CONV_MODES = ("matmul", "conv", "fft")
 
 
 def _bn_affine(norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,12 +103,19 @@ class DepthwiseConv(nn.Module):
         w[:, centre] += layer.D
         self.mode, self.length = mode, length
         self.register_buffer("weight", w[:, None, :].contiguous())  # (H, 1, 2T - 1)
+        if mode == "fft":  # what the PyTorch layer computes: rfft, product with its spectrum (D included), irfft
+            self.n, spectrum = layer.frequency_response(length)
+            self.register_buffer("spectrum", torch.stack([spectrum.real, spectrum.imag]))  # (2, H, n // 2 + 1)
         self.register_buffer("bias", layer.bias.detach().clone())
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         if self.mode == "matmul":  # M[h, t', t] = w[h, t' - t]: y[h, b, :] = u[h, b, :] @ M[h]. M is gathered in
             # the graph (onnxruntime folds it when the session starts): stored, it would make the file 10x larger.
             y = torch.matmul(x.permute(2, 0, 1), self.weight[:, 0, offsets]).permute(1, 2, 0)
+        elif self.mode == "fft":
+            u_f = torch.fft.rfft(x.transpose(1, 2), n=self.n)
+            y = torch.fft.irfft(u_f * torch.complex(self.spectrum[0], self.spectrum[1]), n=self.n)
+            y = y[..., : self.length].transpose(1, 2)
         else:
             u = F.pad(x.transpose(1, 2), (self.length - 1, self.length - 1))
             y = F.conv1d(u, self.weight, groups=self.weight.shape[0]).transpose(1, 2)

@@ -109,7 +109,8 @@ class OnnxModel:
                              f"window ({self.max_samples(rate)} samples at {rate:g} Hz)")
         if rate != self.sample_rate:
             x = fft_resample(x, self.window_samples * x.shape[1] / self.max_samples(rate))
-        x = np.pad(x[:, : self.window_samples], ((0, 0), (0, self.window_samples - min(x.shape[1], self.window_samples))))
+        x = x[:, : self.window_samples]
+        x = np.pad(x, ((0, 0), (0, self.window_samples - x.shape[1])))
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def probabilities(self, x: np.ndarray, sample_rate: float | None = None) -> np.ndarray:

@@ -255,7 +255,8 @@ class KeywordSpotter:
         self.window = model.max_samples(self.sample_rate)  # the model's window, in samples at the input's rate
         self.decider = Decider(self.labels, self.cfg, window_seconds=self.window / self.sample_rate)
         self.hop = max(1, round(self.cfg.hop_seconds * self.sample_rate))
-        logmel = not self.exported and isinstance(model, MRConvClassifier) and isinstance(getattr(model, "frontend", None), LogMel)
+        logmel = (not self.exported and isinstance(model, MRConvClassifier)
+                  and isinstance(getattr(model, "frontend", None), LogMel))
         self.frames = (LogMelFrames(model.frontend, self.sample_rate, self.window)  # logmel_logits knows its layers
                        if incremental and logmel and self.cfg.mode == "kernel" else None)
         self.buffer = np.zeros(self.window, dtype=np.float32)  # the last `window` samples, oldest first

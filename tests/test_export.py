@@ -50,7 +50,7 @@ def real_clips(rate: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("rate", [8000, 11025, 16000, 48000])
-@pytest.mark.parametrize("mode", ["matmul", "conv"])
+@pytest.mark.parametrize("mode", ["matmul", "conv", "fft"])
 def test_export_graph_computes_the_models_logits(model, rate, mode):
     """The ONNX-friendly graph (DFT basis, mel MatMul, Toeplitz or depthwise Conv, folded norms) in PyTorch, before
     any export: 11,025 Hz has a hop of 110.25 samples and takes the gathered-frames path."""
