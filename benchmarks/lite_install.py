@@ -3,8 +3,8 @@ the full install (this environment, PyTorch backend), in one run.
 
     nice python benchmarks/lite_install.py --json lite_install.json
 
-Builds a wheel of this tree, makes a venv of its own (no system site packages: no torch), installs the wheel with
---no-deps and pyproject.toml's `lite` extra, then times each command `--runs` times in each install, taking turns
+Builds a wheel of this tree, makes a venv of its own (no system site packages: no torch), installs pyproject.toml's
+`lite` extra and the wheel with --no-deps, then times each command `--runs` times in each install, taking turns
 (median wall time of the whole process: interpreter start, imports, model load, and for detect the 1 s example
 clip). Sizes: the lite venv on disk, and in this environment the packages the full install adds (torch, its CUDA
 libraries, triton, torchaudio, gradio, matplotlib). The last line printed is the JSON.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -34,15 +35,22 @@ def du(path: Path) -> int:
 
 def build_lite_venv(work: Path) -> Path:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(REPO)],
+    src = work / "src"  # a clean copy of the files git would commit: no build/ left in (or taken from) the checkout
+    names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in names:
+        if (REPO / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work / "dist"), str(src)],
                    check=True, env=env)
     (wheel,) = (work / "dist").glob("mrconv_audio-*.whl")
     root = work / "lite"
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
     python = root / "bin" / "python"
     lite = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["lite"]
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, env=env)
     subprocess.run([str(python), "-m", "pip", "install", "-q", *lite], check=True, env=env)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, env=env)
     return root
 
 
@@ -72,8 +80,11 @@ def main(argv=None) -> int:
                     times[(install, command)].append(time.perf_counter() - start)
                     if out.returncode != 0:
                         raise RuntimeError(f"{install}: {command} failed: {out.stderr[-2000:]}")
+        lite_site = next((venv / "lib").glob("python*/site-packages"))
+        lite_packages = {p.name: du(p) for p in lite_site.iterdir() if p.is_dir() and not p.name.endswith("-info")}
         result = {
             "lite_venv_bytes": du(venv),
+            "lite_packages": dict(sorted(lite_packages.items(), key=lambda kv: -kv[1])[:10]),
             "full_install_extra_bytes": sum(full_only.values()),
             "full_install_extra_packages": dict(sorted(full_only.items(), key=lambda kv: -kv[1])[:12]),
             "startup_seconds_median": {f"{i}: {c}": round(float(np.median(t)), 3) for (i, c), t in times.items()},

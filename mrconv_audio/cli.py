@@ -396,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Dependencies of the full install that the light one (README, "Deployment") does not have.
+FULL_INSTALL_MODULES = ("torch", "torchaudio", "safetensors", "gradio", "matplotlib")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()
@@ -405,9 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mrconv-audio {args.command}: error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:
-        if e.name != "torch":
+        if e.name not in FULL_INSTALL_MODULES:
             raise
-        print(f"mrconv-audio {args.command}: error: this needs PyTorch, which the light install leaves out (listen "
+        print(f"mrconv-audio {args.command}: error: this needs {e.name}, which the light install leaves out (listen "
               "and detect run exported models without it); install the full package: pip install mrconv-audio",
               file=sys.stderr)
         return 2

@@ -115,7 +115,7 @@ def test_shipped_onnx_files_are_not_stale(model):
     shipped = OnnxModel(float_path)
     assert shipped.sample_rate == 16000
     assert max_relative_error(reference, shipped.logits(x.numpy())) <= TOLERANCE, (
-        f"{float_path} is stale: regenerate it (MODEL_CARD.md, 'Exported files')")
+        f"{float_path} is stale: regenerate it (MODEL_CARD.md, "Exported files")")
     digest = weights_digest(MODEL_DIR)
     assert shipped.metadata["source_sha256"] == digest
     if int8_path.exists():
@@ -238,3 +238,10 @@ def test_wav_at_another_rate_through_detect(tmp_path, capsys):
     sf.write(path, x44, 44100)
     assert main(["detect", str(path), "--backend", "onnx", "--json"]) == 0
     assert [d["label"] for d in json.loads(capsys.readouterr().out)["detections"]] == ["left"]
+
+
+def test_torch_only_commands_say_what_the_light_install_lacks(tmp_path):
+    code = "import sys; sys.modules['torch'] = None; from mrconv_audio.cli import main; sys.exit(main(['info']))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "needs torch, which the light install leaves out" in out.stderr, out.stderr

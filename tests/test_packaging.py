@@ -97,13 +97,13 @@ def lite_requirements() -> list[str]:
 
 @pytest.fixture(scope="module")
 def lite_venv(wheel, tmp_path_factory):
-    """The light install of the README: a venv of its own (no system site packages, so no torch), the wheel without
-    its dependencies, then the `lite` extra's packages (from pip's cache, or the package index)."""
+    """The light install of the README: a venv of its own (no system site packages, so no torch), the `lite` extra's
+    packages (from pip's cache, or the package index), then the wheel without its dependencies."""
     root = tmp_path_factory.mktemp("lite") / "env"
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
     python = root / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, env=clean_env())
     subprocess.run([str(python), "-m", "pip", "install", "-q", *lite_requirements()], check=True, env=clean_env())
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, env=clean_env())
     return root
 
 
