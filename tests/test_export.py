@@ -115,7 +115,7 @@ def test_shipped_onnx_files_are_not_stale(model):
     shipped = OnnxModel(float_path)
     assert shipped.sample_rate == 16000
     assert max_relative_error(reference, shipped.logits(x.numpy())) <= TOLERANCE, (
-        f"{float_path} is stale: regenerate it (MODEL_CARD.md, "Exported files")")
+        f"{float_path} is stale: regenerate it (MODEL_CARD.md, section 'Exported files')")
     digest = weights_digest(MODEL_DIR)
     assert shipped.metadata["source_sha256"] == digest
     if int8_path.exists():
