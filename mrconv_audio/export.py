@@ -12,9 +12,10 @@ The exported graph computes what MRConvClassifier.forward computes, in operators
   spectrum -> irfft ("fft": onnxruntime's DFT; measured, not the default);
 - BatchNorms folded into a scale and a shift; pointwise layers as MatMuls on (batch, frames, channels), so that
   onnxruntime's dynamic quantization can turn them into int8.
-No FFT: onnxruntime's DFT is fragile (irfft needs recent onnxscript/onnxruntime and is fast only for power-of-two
-sizes), and over 100 frames a direct convolution costs less. The batch dimension is dynamic, the time dimension
-fixed at the window (the streaming engine always classifies a full window).
+No FFT by default: with torch 2.11, onnxscript 0.7.2 and onnxruntime 1.32 the FFT form exports and runs, but
+onnxruntime's CPU DFT on the layer's 200-point grid makes the model 4x slower than PyTorch, while the Toeplitz MatMul
+makes it 1.5x faster (benchmarks/onnx_speed.py; README, "Deployment"). The batch dimension is dynamic, the time
+dimension fixed at the window (the streaming engine always classifies a full window).
 
 The file carries its metadata (format, rate, window, labels, the rate range, a SHA-256 of the weights it came
 from), read by the torch-free runtime (onnx_model.py).
