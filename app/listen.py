@@ -159,7 +159,7 @@ def run_listen(model, device=None, samplerate=None, threshold=0.6, hop=0.25, rec
 def detect_file(model, path, hop=0.1, threshold=0.6, mode="kernel", compute_device="auto", progress=None) -> dict:
     """Run the streaming engine over a recording; returns {"file", "sample_rate", "duration", "detections"}.
     `progress(samples_done, samples_total)`, if given, is called after every hop."""
-    from mrconv_audio.data.audio import load_audio
+    from mrconv_audio.audiofile import load_audio  # torch-free: the light runtime reads recordings too
 
     from mrconv_audio.conditioning import describe_gain, fit_full_scale
 

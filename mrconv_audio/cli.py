@@ -144,8 +144,19 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def load_model(path):
-    """The model in `path`, or the shipped one; merged for inference."""
+def load_model(path, backend: str = "torch"):
+    """The model in `path`, or the shipped one. torch: the PyTorch model, merged for inference; onnx: the exported
+    file (`path` itself, or the folder's model.onnx) run by onnxruntime, without torch; auto: onnx for a .onnx file
+    or where torch is not installed, else torch."""
+    if backend == "auto":
+        import importlib.util
+
+        exported = path is not None and str(path).endswith(".onnx")
+        backend = "onnx" if exported or importlib.util.find_spec("torch") is None else "torch"
+    if backend == "onnx":
+        from .onnx_model import OnnxModel
+
+        return OnnxModel(path)
     from .evaluate import default_model_dir
     from .model import MRConvClassifier
 
@@ -165,7 +176,7 @@ def cmd_listen(args) -> int:
         print(list_devices())
         return 0
     device = int(args.device) if args.device and args.device.isdigit() else args.device
-    run_listen(load_model(args.model), device=device, samplerate=args.samplerate, threshold=args.threshold,
+    run_listen(load_model(args.model, args.backend), device=device, samplerate=args.samplerate, threshold=args.threshold,
                hop=args.hop, record=args.record, compute_device=args.compute_device, duration=args.duration,
                mode=args.mode)
     return 0
@@ -190,7 +201,7 @@ def cmd_detect(args) -> int:
         bar.update(done - bar.n)
 
     try:
-        result = detect_file(load_model(args.model), args.file, hop=args.hop, threshold=args.threshold,
+        result = detect_file(load_model(args.model, args.backend), args.file, hop=args.hop, threshold=args.threshold,
                              mode=args.mode, compute_device=args.compute_device, progress=progress)
     finally:
         if bar is not None:
@@ -207,6 +218,17 @@ def cmd_detect(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .evaluate import default_model_dir
+    from .export import export_model
+
+    report = export_model(args.model or default_model_dir(), args.rate, args.out, args.int8, args.conv)
+    for path, row in report["files"].items():
+        print(f"{path}: {row['bytes'] / 1e6:.2f} MB, logits within {row['max_relative_error']:.1e} (relative) of "
+              f"PyTorch at {args.rate} Hz")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from app.demo import launch
 
@@ -215,6 +237,11 @@ def cmd_demo(args) -> int:
     launch(load_model(args.model), args.model or default_model_dir(), host=args.host, port=args.port,
            share=args.share, compute_device=args.compute_device)
     return 0
+
+
+BACKENDS = ("auto", "torch", "onnx")
+BACKEND_HELP = ("torch: the PyTorch model; onnx: an exported model (--model FILE.onnx, or a folder's model.onnx) on "
+                "onnxruntime, no torch needed; auto: onnx for a .onnx file or where torch is not installed, else torch")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -327,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     p.add_argument("--device", help="input device index or name (default: the system's default input)")
     p.add_argument("--samplerate", type=int, help="capture rate in Hz (default: the device's native rate)")
-    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--model", help="model folder, or an exported .onnx file (default: the shipped model)")
     p.add_argument("--threshold", type=float, default=0.6, help="smoothed keyword probability that fires a detection")
     p.add_argument("--hop", type=float, default=0.25, help="seconds between classifications")
     p.add_argument("--mode", default="kernel", choices=["kernel", "input"],
@@ -335,18 +362,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="OUT.wav", help="also save what was heard (default: nothing is saved)")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--compute-device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("detect", help="keyword detections with timestamps in a recording")
     p.add_argument("file", help="audio file (WAV, FLAC, ...) at any rate the model runs at")
-    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--model", help="model folder, or an exported .onnx file (default: the shipped model)")
     p.add_argument("--threshold", type=float, default=0.6, help="smoothed keyword probability that fires a detection")
     p.add_argument("--hop", type=float, default=0.1, help="seconds between classifications")
     p.add_argument("--mode", default="kernel", choices=["kernel", "input"],
                    help="kernel: run the model at the file's rate; input: resample the audio to the model's rate")
     p.add_argument("--json", action="store_true", help="print the detections as JSON instead of a table")
     p.add_argument("--compute-device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("export", help="export a model to ONNX at one input rate (runs on onnxruntime, without torch)")
+    p.add_argument("--model", help="model folder (default: the shipped model)")
+    p.add_argument("--rate", type=int, default=16000, help="input sample rate in Hz the exported file runs at")
+    p.add_argument("--out", required=True, metavar="OUT.onnx", help="file to write")
+    p.add_argument("--int8", metavar="OUT.int8.onnx", help="also write an int8 variant (dynamic quantization of the "
+                   "pointwise layers) here (default: none)")
+    p.add_argument("--conv", default="matmul", choices=["matmul", "conv", "fft"],
+                   help="MRConv layers as per-channel Toeplitz MatMuls, depthwise Convs or FFTs "
+                   "(benchmarks/onnx_speed.py)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="Gradio web demo (live microphone, clips, model view, predict API)")
     p.add_argument("--model", help="model folder (default: the shipped model)")
@@ -359,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Dependencies of the full install that the light one (README, "Deployment") does not have.
+FULL_INSTALL_MODULES = ("torch", "torchaudio", "safetensors", "gradio", "matplotlib")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tune_allocator()
@@ -366,6 +410,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, OSError) as e:  # bad input, missing files, network: one clear line, no traceback
         print(f"mrconv-audio {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        if e.name not in FULL_INSTALL_MODULES:
+            raise
+        print(f"mrconv-audio {args.command}: error: this needs {e.name}, which the light install leaves out (listen "
+              "and detect run exported models without it); install the full package: pip install mrconv-audio",
+              file=sys.stderr)
         return 2
 
 

@@ -22,6 +22,7 @@ from .data.audio import AudioError, decimate, load_audio, resample
 from .data.speech_commands import UNKNOWN
 from .device import pick_device
 from .model import MRConvClassifier
+from .paths import default_model_dir  # noqa: F401  (here before paths.py; callers import it from here)
 
 DEFAULT_RATES = [8000, 11025, 16000, 22050, 32000, 44100, 48000]
 MODES = ("kernel", "input")
@@ -222,14 +223,6 @@ def write_json(path, model_dir: str, results: list[RateResult], names: list[str]
         **(extra or {}),
     }
     Path(path).write_text(json.dumps(payload, indent=1) + "\n")
-
-
-def default_model_dir() -> Path:
-    """The shipped model: mrconv_audio/shipped/kws12-mrconv in an installed package (wheel, `pip install .`),
-    else models/kws12-mrconv next to the package in a source checkout (`pip install -e .`, PYTHONPATH)."""
-    package = Path(__file__).resolve().parent
-    candidates = [package / "shipped" / "kws12-mrconv", package.parent / "models" / "kws12-mrconv"]
-    return next((path for path in candidates if (path / "config.json").is_file()), candidates[-1])
 
 
 def infer_task(labels: list[str]) -> str:

@@ -31,14 +31,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .conditioning import DCBlocker
-from .data.audio import resample
-from .device import pick_device
-from .frontend import LogMel, frame_layout
-from .model import MRConvClassifier
+
+try:  # the light install (README, "Light runtime") has no torch: KeywordSpotter then runs exported models only
+    import torch
+    import torch.nn.functional as F
+
+    from .data.audio import resample
+    from .device import pick_device
+    from .frontend import LogMel, frame_layout
+    from .model import MRConvClassifier
+except ModuleNotFoundError as e:
+    if e.name != "torch":
+        raise
+    torch = None
 
 NON_KEYWORDS = ("_silence_", "_unknown_")
 
@@ -238,7 +245,8 @@ class KeywordSpotter:
     def __init__(self, model, sample_rate: int, config: StreamConfig | None = None, device: str = "auto",
                  incremental: bool = True, threads: int | None = 1):
         self.cfg = config or StreamConfig()
-        self.device = pick_device(device)
+        self.exported = getattr(model, "exported", False)  # onnx_model.OnnxModel: numpy in and out, no torch
+        self.device = model.device if self.exported else pick_device(device)
         self.threads = threads
         if not getattr(model, "reparameterized", True) and hasattr(model, "reparameterize"):
             model.reparameterize()  # one FFT convolution per layer
@@ -250,11 +258,12 @@ class KeywordSpotter:
             if not low <= self.sample_rate <= high:
                 raise ValueError(f"a {self.sample_rate} Hz input is out of range for this model: expected {low:g} "
                                  f"to {high:g} Hz")
-        self.model_rate = model.config.sample_rate
+        self.model_rate = model.sample_rate if self.exported else model.config.sample_rate
         self.window = model.max_samples(self.sample_rate)  # the model's window, in samples at the input's rate
         self.decider = Decider(self.labels, self.cfg, window_seconds=self.window / self.sample_rate)
         self.hop = max(1, round(self.cfg.hop_seconds * self.sample_rate))
-        logmel = isinstance(model, MRConvClassifier) and isinstance(getattr(model, "frontend", None), LogMel)
+        logmel = (not self.exported and isinstance(model, MRConvClassifier)
+                  and isinstance(getattr(model, "frontend", None), LogMel))
         self.frames = (LogMelFrames(model.frontend, self.sample_rate, self.window)  # logmel_logits knows its layers
                        if incremental and logmel and self.cfg.mode == "kernel" else None)
         self.buffer = np.zeros(self.window, dtype=np.float32)  # the last `window` samples, oldest first
@@ -350,15 +359,19 @@ class KeywordSpotter:
         x = resample(x[None], self.sample_rate, self.model_rate)[:, : self.model.max_samples()]
         return self.model(x)
 
-    @torch.no_grad()
+    def _probabilities(self) -> np.ndarray:
+        if self.exported:  # at the export rate, or resampled to it (onnx_model.py)
+            return self.model.probabilities(self.buffer[None], self.sample_rate)[0]
+        with torch.no_grad(), torch_threads(self.threads if self.device.type == "cpu" else None):
+            return torch.softmax(self._logits().float(), -1)[0].cpu().numpy()
+
     def _classify(self) -> HopResult:
         start = time.perf_counter()
-        with torch_threads(self.threads if self.device.type == "cpu" else None):
-            logits = self._logits()
-        if not bool(torch.isfinite(logits).all()):
+        probabilities = self._probabilities()
+        if not np.isfinite(probabilities).all():  # never a detection, nor a smoothed average, from NaN
             raise NonFiniteScores(f"the model gave non-finite scores (NaN or infinity) for the window ending at "
                                   f"{self.samples_seen / self.sample_rate:.2f} s: its weights are not usable")
-        self.recent.append(torch.softmax(logits.float(), -1)[0].cpu().numpy())
+        self.recent.append(probabilities)
         probs = np.mean(self.recent, axis=0)
         latency_ms = (time.perf_counter() - start) * 1e3
         end_time = self.samples_seen / self.sample_rate

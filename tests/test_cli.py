@@ -98,7 +98,7 @@ def test_detect_names_a_missing_file(tmp_path, capsys):
 
 
 def test_detect_counts_detections_in_words(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "load_model", lambda path: ToneModel())
+    monkeypatch.setattr(cli, "load_model", lambda path, backend="torch": ToneModel())
     for events, expected in [([(1.0, "high", 0.3)], "1 detection\n"),
                              ([(1.0, "high", 0.3), (3.0, "low", 0.3)], "2 detections\n"), ([], "0 detections\n")]:
         sf.write(tmp_path / "a.wav", tone_stream(events, seconds=4.5), 16000)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_FILES = ["config.json", "model.safetensors", "MODEL_CARD.md", "evaluation.json"]
+MODEL_FILES = ["config.json", "model.safetensors", "MODEL_CARD.md", "evaluation.json", "model.onnx", "model.int8.onnx"]
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +86,46 @@ def test_installed_wheel_runs_info_and_detect_outside_the_checkout(venv, tmp_pat
     (clip,) = examples.glob("yes_*.wav")
     result = json.loads(run(venv, venv / "bin" / "mrconv-audio", "detect", clip, "--json", cwd=tmp_path))
     assert [d["label"] for d in result["detections"]] == ["yes"]
+
+
+def lite_requirements() -> list[str]:
+    """pyproject.toml's `lite` extra: the light runtime's whole dependency list."""
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["lite"]
+
+
+@pytest.fixture(scope="module")
+def lite_venv(wheel, tmp_path_factory):
+    """The light install of the README: a venv of its own (no system site packages, so no torch), the `lite` extra's
+    packages (from pip's cache, or the package index), then the wheel without its dependencies."""
+    root = tmp_path_factory.mktemp("lite") / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
+    python = root / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *lite_requirements()], check=True, env=clean_env())
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, env=clean_env())
+    return root
+
+
+def test_light_install_without_torch_detects_the_words_of_a_recording(lite_venv, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    python = lite_venv / "bin" / "python"
+    missing = subprocess.run([str(python), "-c", "import torch"], cwd=tmp_path, env=clean_env(), capture_output=True)
+    assert missing.returncode != 0  # the venv really has no torch
+    words = ["yes", "no", "up"]
+    parts = [np.zeros(8000, np.float32)]
+    for word in words:
+        (clip,) = (REPO / "app" / "examples").glob(f"{word}_*.wav")
+        x, rate = sf.read(clip, dtype="float32")
+        assert rate == 16000
+        parts += [x, np.zeros(24000, np.float32)]
+    recording = tmp_path / "three-words.wav"
+    sf.write(recording, np.concatenate(parts), 16000)
+    cli = lite_venv / "bin" / "mrconv-audio"
+    result = json.loads(run(lite_venv, cli, "detect", recording, "--json", cwd=tmp_path))
+    assert [d["label"] for d in result["detections"]] == words
+    times = [d["time"] for d in result["detections"]]
+    assert times == sorted(times) and times[-1] < result["duration"]
+    assert "--backend" in run(lite_venv, cli, "listen", "--help", cwd=tmp_path)
