@@ -5,6 +5,10 @@ Tabs: a live microphone (streaming, label and top-k updating as you speak, detec
 than the window the words detected along it), and the model (classes, rate, device, latency, merged kernels per
 layer). The `predict` API takes an audio file and returns {"label", "confidences", "detections"} (see predict).
 Bad input shows its message in the page and clears the last result; the server keeps serving.
+
+No client holds the others back for long: every model call takes its turn (app/limits.py), a timeline one hop per
+turn within a budget of model time, clients are limited in requests at once and a minute, the header is checked
+before a clip is decoded, and uploads are deleted after UPLOAD_TTL_S.
 """
 from __future__ import annotations
 
