@@ -34,6 +34,8 @@ MAX_CHANNELS = 2  # with the length and rate limits: at most 60 s x 96 kHz x 2 c
 TIMELINE_HOP_S = 0.1  # one hop of the timeline is computed per turn of the model
 TIMELINE_BUDGET_S = 10.0  # model time one request may spend on its timeline; past it the timeline ends early
 CLIP_CONCURRENCY = 16  # clip and API requests running at once (they share the model in turns: see app/limits.py)
+MAX_LIVE_CHUNK_S = 5.0  # audio in one live-microphone event (a browser sends 0.25 s)
+QUEUE_SIZE = 200  # requests waiting in Gradio's queue; more are refused ("queue is full")
 UPLOAD_CHECK_S, UPLOAD_TTL_S = 60, 600  # every minute, delete uploads older than ten minutes
 SILENCE_DBFS = -60.0
 NO_KEYWORD = "no keyword detected"
@@ -164,6 +166,19 @@ class ClipAnalyzer:
         events = [[round(r.detection.time, 2), r.detection.label, round(r.detection.score, 3)]
                   for r in results if r.detection is not None]
         return events, min(done, len(x)) / rate
+
+
+    def live(self, spotter: KeywordSpotter, data: np.ndarray) -> list:
+        """One chunk of a live stream through its spotter, a hop per turn of the model (a live stream shares it with
+        clips). A browser sends 0.25 s a chunk; a crafted client could send a minute in one: refused."""
+        if len(data) > MAX_LIVE_CHUNK_S * spotter.sample_rate:
+            raise InputProblem(f"a chunk of {len(data) / spotter.sample_rate:.1f} s; at most {MAX_LIVE_CHUNK_S:g} s "
+                               "at a time")
+        results = []
+        for i in range(0, len(data), spotter.hop):
+            with self.turns.turn():
+                results += spotter.push(data[i : i + spotter.hop])
+        return results
 
 
 def loudest_window_start(x: np.ndarray, window: int) -> int:
@@ -307,15 +322,14 @@ def build_demo(model, model_dir: str, compute_device: str = "auto", limits: Clie
 
     def on_stream(chunk, state):
         if chunk is None:
-            return gr.skip(), gr.skip(), state, gr.skip()
+            return gr.skip(), gr.skip(), state, gr.skip(), gr.skip()
         rate, data = chunk
         try:
             if state is None or state["rate"] != rate:
                 state = {"rate": rate, "detections": [], "lag": ChunkLag(0.25),
                          "spotter": KeywordSpotter(analyzer.model, rate, StreamConfig(hop_seconds=0.25),
                                                    device=str(analyzer.device))}
-            with analyzer.turns.turn():  # live chunks share the model with clips, in turns
-                results = state["spotter"].push(data)
+            results = analyzer.live(state["spotter"], data)
         except ValueError as e:
             raise gr.Error(f"Cannot use the microphone stream: {e}") from None
         warning = state["lag"].update(len(data) / rate, [r.latency_ms for r in results])  # say so when behind
@@ -404,7 +418,7 @@ def launch(model, model_dir, host="127.0.0.1", port=7860, share=False, compute_d
     `budget_s` (model time per request): see app/limits.py and ClipAnalyzer."""
     demo = build_demo(model, model_dir, compute_device, limits, budget_s)
     demo.delete_cache = upload_expiry  # uploads (random bytes too) are deleted, not kept in the temp folder forever
-    demo.queue(default_concurrency_limit=4)
+    demo.queue(default_concurrency_limit=4, max_size=QUEUE_SIZE)
     try:
         demo.launch(server_name=host, server_port=port, share=share, max_file_size=f"{MAX_FILE_MB}mb",
                     prevent_thread_lock=True, show_error=True, quiet=True)

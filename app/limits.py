@@ -36,6 +36,11 @@ class FairTurns:
         self.active = 0
         self.on_idle = on_idle
 
+    @property
+    def taken(self) -> int:
+        """Turns handed out so far."""
+        return self._next_ticket
+
     @contextmanager
     def turn(self):
         with self._cond:

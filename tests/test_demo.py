@@ -237,6 +237,17 @@ def test_a_short_clip_is_not_held_back_by_four_clients_sending_the_largest_clips
         close_all()
 
 
+def test_a_live_chunk_takes_a_turn_per_hop_and_a_huge_one_is_refused(analyzer):
+    from mrconv_audio.streaming import KeywordSpotter, StreamConfig
+
+    spotter = KeywordSpotter(analyzer.model, 16000, StreamConfig(hop_seconds=0.25), device=str(analyzer.device))
+    before = analyzer.turns.taken
+    assert len(analyzer.live(spotter, speechlike(1, 16000))) == 4
+    assert analyzer.turns.taken - before == 4  # others get the model between the hops of a chunk
+    with pytest.raises(InputProblem, match="a chunk of 60.0 s; at most 5 s at a time"):
+        analyzer.live(spotter, np.zeros(16000 * 60, np.float32))
+
+
 def test_client_limits_refuse_with_the_reason():
     now = [0.0]
     limits = ClientLimits(per_session=1, per_address=2, per_minute=3, clock=lambda: now[0])

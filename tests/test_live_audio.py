@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +81,11 @@ class Listen:
                 return json.loads(line)["status"]
 
     def wait_line(self, key: str, timeout: float = 120) -> dict:
-        """The next stderr JSON line with `key` (status lines in between are skipped)."""
+        """The next stderr JSON line with `key` (status lines in between are skipped) within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                line = self.lines.get(timeout=timeout)
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 self.proc.kill()
                 raise AssertionError(f"no {key!r} line from listen in {timeout} s:\n" + "".join(self.stderr))
