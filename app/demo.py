@@ -3,7 +3,8 @@
 Tabs: a live microphone (streaming, label and top-k updating as you speak, detections listed, input level), a clip
 (record, upload or pick an example at any rate; classified at once: top-k, waveform, spectrogram, and for clips longer
 than the window the words detected along it), and the model (classes, rate, device, latency, merged kernels per
-layer). The `predict` API takes an audio file and returns {"label", "confidences", "detections"} (see predict).
+layer). The `predict` API takes an audio file (and whether to find the words along it) and returns {"label",
+"confidences", "detections", "scanned_seconds"} (see predict).
 Bad input shows its message in the page and clears the last result; the server keeps serving.
 
 No client holds the others back for long: every model call takes its turn (app/limits.py), a timeline one hop per
@@ -152,7 +153,7 @@ class ClipAnalyzer:
                 "latency_ms": latency, "long": long, "timeline": events, "audio": x, "scanned": scanned}
 
     def timeline(self, x: np.ndarray, rate: int) -> tuple[list, float]:
-        """[[time, word, score]] along the clip and the seconds of it scanned. Computed a slice at a time, each in
+        """[[time, word, score]] along the clip and the seconds of it scanned. Computed a hop at a time, each in
         its own turn, so other requests get the model in between; stops when the budget of model time is spent."""
         spotter = KeywordSpotter(self.model, rate, StreamConfig(hop_seconds=TIMELINE_HOP_S), device=str(self.device))
         padded = np.concatenate([x, np.zeros(spotter.window, np.float32)])  # the last word leaves through silence
@@ -166,7 +167,6 @@ class ClipAnalyzer:
         events = [[round(r.detection.time, 2), r.detection.label, round(r.detection.score, 3)]
                   for r in results if r.detection is not None]
         return events, min(done, len(x)) / rate
-
 
     def live(self, spotter: KeywordSpotter, data: np.ndarray) -> list:
         """One chunk of a live stream through its spotter, a hop per turn of the model (a live stream shares it with
