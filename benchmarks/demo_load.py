@@ -1,7 +1,7 @@
 """The demo server under load: how long a short clip waits behind clients sending the largest clips, and the
 server's memory before, during and after the load, with and without handing the heap back when idle.
 
-    python benchmarks/demo_load.py [--model DIR] [--rounds 2] [--json demo_load.json]
+    python benchmarks/demo_load.py [--model DIR] [--rounds 2] [--variants trim no-trim] [--json demo_load.json]
 
 Each server is `mrconv-audio demo` in its own process (the CLI's allocator settings included); "no trim" is the
 same server with app.limits.trim_memory made a no-op. Per round: 4 clients each send a 60 s clip (16, 44.1, 48 and
@@ -108,10 +108,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder (default: the shipped model)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", default=["trim", "no-trim"], choices=["trim", "no-trim"])
     parser.add_argument("--json", help="also write the JSON here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        results = [serve(v, args.model, args.rounds, Path(folder)) for v in ("trim", "no-trim")]
+        results = [serve(v, args.model, args.rounds, Path(folder)) for v in args.variants]
     for r in results:
         print(r["variant"], r["rss_idle_before_mb"], r["rounds"])
     out = json.dumps({"servers": results})

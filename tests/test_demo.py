@@ -214,7 +214,7 @@ def test_a_short_clip_is_not_held_back_by_four_clients_sending_the_largest_clips
     from gradio_client import Client, handle_file
 
     port = free_port()
-    demo_app = launch(tiny_model(), "tiny-test-model", port=port, block=False, budget_s=3.0)
+    demo_app = launch(tiny_model(), "tiny-test-model", port=port, block=False, budget_s=4.0)
     url = f"http://127.0.0.1:{port}/"
     try:
         big = write(tmp_path / "big.wav", speechlike(MAX_CLIP_SECONDS, 96000), 96000)
