@@ -387,8 +387,8 @@ def build_demo(model, model_dir: str, compute_device: str = "auto", limits: Clie
                                     elem_id="timeline")
             clip_outputs = [clip_label, clip_info, clip_plot, timeline]
             # Upload, recording and examples all change the audio: classify at once. The button classifies again.
-            clip.change(on_clip_change, inputs=clip, outputs=clip_outputs, api_visibility="private", concurrency_id="clip",
-                        concurrency_limit=CLIP_CONCURRENCY)
+            clip.change(on_clip_change, inputs=clip, outputs=clip_outputs, api_visibility="private",
+                        concurrency_id="clip", concurrency_limit=CLIP_CONCURRENCY)
             classify_button.click(on_clip, inputs=clip, outputs=clip_outputs, api_visibility="private",
                                   concurrency_id="clip", concurrency_limit=CLIP_CONCURRENCY)
         with gr.Tab("Model"):

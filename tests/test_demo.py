@@ -80,8 +80,8 @@ def test_long_clip_headline_is_the_words_detected_in_order(shipped, tmp_path):
     result = shipped.classify(write(tmp_path / "words.wav", x, 16000))
     assert [w for _, w, _ in result["timeline"]] == ["down", "left", "no", "stop"]
     assert result["label"] == "down, left, no, stop"
-    for (time, _, _), start in zip(result["timeline"], starts):
-        assert start - 0.2 <= time <= start + 1.2
+    for (at, _, _), start in zip(result["timeline"], starts):
+        assert start - 0.2 <= at <= start + 1.2
     # The same clip, shorter than the window, is one word: its top class.
     (path,) = EXAMPLES.glob("yes_*.wav")
     short = shipped.classify(path)
