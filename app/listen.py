@@ -17,6 +17,7 @@ from collections import deque
 
 import numpy as np
 
+from app.microphone import DeviceLost, InputDevice, check_rate, open_recording, portaudio_error, query_input
 from mrconv_audio.streaming import HopResult, KeywordSpotter, LagMonitor, StreamConfig, StreamWorker, listen_fixes
 
 
@@ -90,32 +91,39 @@ def warm_up(spotter: KeywordSpotter, seconds: float = 2.0) -> float:
 
 
 def run_listen(model, device=None, samplerate=None, threshold=0.6, hop=0.25, record=None, compute_device="auto",
-               duration=None, blocksize=0, out=sys.stdout, mode="kernel", err=sys.stderr) -> dict:
-    """Listen until Ctrl-C (or `duration` seconds). Returns the stream's statistics."""
-    import sounddevice as sd
-    import soundfile as sf
-
-    info = sd.query_devices(device, "input")
+               duration=None, blocksize=0, out=sys.stdout, mode="kernel", err=sys.stderr, stall_seconds=5.0,
+               reopen_seconds=15.0) -> dict:
+    """Listen until Ctrl-C (or `duration` seconds). Returns the stream's statistics. Bad settings (device, rate,
+    recording path) raise ValueError before the stream starts; a stream that stops delivering audio for
+    `stall_seconds` is reopened, and DeviceLost is raised when that fails for `reopen_seconds`."""
+    info = query_input(device)
     rate = int(samplerate or info["default_samplerate"])
-    spotter = KeywordSpotter(model, rate, StreamConfig(hop_seconds=hop, threshold=threshold, mode=mode),
-                             device=compute_device)
+    try:
+        spotter = KeywordSpotter(model, rate, StreamConfig(hop_seconds=hop, threshold=threshold, mode=mode),
+                                 device=compute_device)
+    except ValueError as e:  # name the option that sets the rate
+        raise ValueError(f"--samplerate {rate}: {e}" if samplerate else
+                         f"the device's rate, {rate} Hz: {e}; choose another with --samplerate") from None
+    check_rate(device, rate)
     monitor = LagMonitor(hop, listen_fixes(rate, hop))
-    hop_ms = warm_up(spotter)
+    recorder = open_recording(record, rate) if record else None
+    try:
+        hop_ms = warm_up(spotter)
+    except BaseException:
+        if recorder is not None:
+            recorder.close()
+        raise
     if hop_ms > 0.5 * hop * 1000:  # say so before the stream starts, not after it has fallen behind
         print(json.dumps({"warning": f"a hop takes {hop_ms:.0f} ms of its {hop * 1000:.0f} ms on this machine; "
                                      f"listening may fall behind. Fix: {monitor.fixes}."}), file=err, flush=True)
-    recorder = sf.SoundFile(record, "w", samplerate=rate, channels=1, subtype="PCM_16") if record else None
     on_audio = (lambda block: recorder.write(KeywordSpotter.mono(block))) if recorder else None
     interactive = out.isatty()
     view = TerminalView(spotter.labels, None, f"{info['name']} at {rate} Hz, model on {spotter.device}", interactive)
     worker = StreamWorker(spotter, on_result=view.on_result, on_audio=on_audio)
     view.worker = worker
-    status_flags = {"overflow": 0}
-
-    def callback(indata, frames, time_info, status):  # audio thread: copy and return, never block
-        if status.input_overflow:
-            status_flags["overflow"] += 1
-        worker.push(indata)
+    mic = InputDevice(device, rate, worker.push, stall_seconds=stall_seconds)
+    events = {"device_lost": 0, "reopened": 0}
+    lost = None
 
     def status() -> dict:
         return {"stream_seconds": round(spotter.samples_seen / rate, 3),
@@ -127,32 +135,49 @@ def run_listen(model, device=None, samplerate=None, threshold=0.6, hop=0.25, rec
     previous = signal.signal(signal.SIGINT, lambda *a: stop.set())
     worker.start()
     try:
-        with sd.InputStream(device=device, channels=1, samplerate=rate, dtype="float32", blocksize=blocksize,
-                            callback=callback):
-            print(json.dumps({"listening": info["name"], "sample_rate": rate, "warm_hop_ms": round(hop_ms, 2)}),
-                  file=err, flush=True)
-            start = last_status = time.monotonic()
-            while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
-                view.warning = monitor.check(worker.backlog_seconds(), worker.dropped_seconds(),
-                                             worker.stats.median_hop_ms())
-                if interactive:
-                    out.write("\x1b[H\x1b[J" + view.render() + "\n")
-                    out.flush()
-                elif time.monotonic() - last_status >= 1.0:
-                    last_status = time.monotonic()
-                    print(json.dumps({"status": status()}), file=err, flush=True)
-                stop.wait(0.1)
+        try:
+            mic.open()
+        except portaudio_error() as e:
+            raise ValueError(f"cannot open the input device {info['name']!r} at {rate} Hz: {e}") from None
+        print(json.dumps({"listening": info["name"], "sample_rate": rate, "warm_hop_ms": round(hop_ms, 2)}),
+              file=err, flush=True)
+        start = last_status = time.monotonic()
+        while not stop.is_set() and (duration is None or time.monotonic() - start < duration):
+            problem = mic.problem()
+            if problem is not None:  # say what happened, then try to get the device back
+                events["device_lost"] += 1
+                print(json.dumps({"error": f"{problem}; reopening {info['name']!r} "
+                                           f"(for up to {reopen_seconds:g} s)"}), file=err, flush=True)
+                if not mic.reopen(reopen_seconds, stop):
+                    if stop.is_set():
+                        break
+                    lost = f"{problem}; could not reopen {info['name']!r} in {reopen_seconds:g} s"
+                    break
+                events["reopened"] += 1
+                print(json.dumps({"reopened": info["name"], "sample_rate": rate}), file=err, flush=True)
+            view.warning = monitor.check(worker.backlog_seconds(), worker.dropped_seconds(),
+                                         worker.stats.median_hop_ms())
+            if interactive:
+                out.write("\x1b[H\x1b[J" + view.render() + "\n")
+                out.flush()
+            elif time.monotonic() - last_status >= 1.0:
+                last_status = time.monotonic()
+                print(json.dumps({"status": status()}), file=err, flush=True)
+            stop.wait(0.1)
     finally:
         signal.signal(signal.SIGINT, previous)
+        mic.close()
         worker.stop(drain=True)
         if recorder is not None:
             recorder.close()
-    stats = {**worker.stats.summary(), "device_overflows": status_flags["overflow"], "sample_rate": rate,
-             "clipped_samples": spotter.clipped,
-             "stream_seconds": round(spotter.samples_seen / rate, 3), "warning": view.warning}
+    stats = {**worker.stats.summary(), "device_overflows": mic.overflows, "sample_rate": rate,
+             "clipped_samples": spotter.clipped, "stream_seconds": round(spotter.samples_seen / rate, 3),
+             "warning": view.warning, **events, "error": lost}
     if interactive:
         out.write("\n" + view.render() + "\n")
-    print(json.dumps({"stopped": True, **stats}), file=err)
+    print(json.dumps({"stopped": True, **stats}), file=err, flush=True)
+    if lost is not None:
+        raise DeviceLost(lost)
     return stats
 
 

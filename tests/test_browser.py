@@ -3,6 +3,7 @@ Skipped only when Chromium or Playwright is not installed (.ci/run installs both
 import shutil
 import socket
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
+from mrconv_audio import MRConvClassifier  # noqa: E402
 from test_demo import LABELS, free_port, speechlike, spoken_words, tiny_model  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -181,3 +183,37 @@ def test_browser_microphone_stream_updates_the_live_label(playwright, url, tmp_p
         assert "Record" in help_text and all(word in help_text for word in LABELS[:10])
     finally:
         context.close()
+
+
+class SlowModel(MRConvClassifier):
+    """The tiny test model, 0.4 s a window whatever the machine: a 0.25 s hop cannot keep up."""
+
+    def forward(self, *args, **kwargs):
+        time.sleep(0.4)
+        return super().forward(*args, **kwargs)
+
+
+def test_the_live_tab_says_when_the_stream_falls_behind(playwright, tmp_path):
+    from gradio import close_all
+
+    from app.demo import launch
+
+    fast = tiny_model()
+    slow = SlowModel(fast.config)
+    slow.load_state_dict(fast.state_dict())
+    port = free_port()
+    launch(slow.eval(), "slow-test-model", port=port, block=False)
+    wav = tmp_path / "mic.wav"
+    sf.write(wav, speechlike(6, 48000), 48000, subtype="PCM_16")
+    fake_mic = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={wav}"]
+    context, page = open_page(playwright, tmp_path, f"http://127.0.0.1:{port}/", fake_mic, permissions=["microphone"])
+    try:
+        assert page.locator("#live-status").inner_text().strip() == ""  # no warning before streaming
+        page.locator("#live-mic").get_by_role("button", name="Record").click()
+        page.wait_for_selector("#live-status:has-text('Falling behind')", timeout=120000)
+        warning = page.locator("#live-status").inner_text()
+        assert "Fix:" in warning, warning  # and what to do about it
+    finally:
+        context.close()
+        close_all()

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,19 @@ class Listen:
             assert line is not None, "listen ended early:\n" + "".join(self.stderr)
             if line.startswith('{"status"'):
                 return json.loads(line)["status"]
+
+    def wait_line(self, key: str, timeout: float = 120) -> dict:
+        """The next stderr JSON line with `key` (status lines in between are skipped) within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.proc.kill()
+                raise AssertionError(f"no {key!r} line from listen in {timeout} s:\n" + "".join(self.stderr))
+            assert line is not None, f"listen ended before a {key!r} line:\n" + "".join(self.stderr)
+            if line.startswith("{") and key in json.loads(line):
+                return json.loads(line)
 
     def heard(self, status: dict) -> float:
         """Seconds of audio the device had delivered at that status line (processed or waiting)."""
@@ -216,3 +230,63 @@ def test_listen_says_when_it_falls_behind_and_what_to_do(mic):
     assert "behind real time" in warnings[-1] and "each 100 ms hop takes 1" in warnings[-1]
     assert "Fix: --hop 0.5" in warnings[-1] and "--samplerate" not in warnings[-1]  # 16 kHz already
     assert "behind real time" in stats["warning"] and stats["median_hop_ms"] >= 150
+
+
+def tiny_listen_model(folder):
+    model = MRConvClassifier(MRConvConfig(d_model=8, depth=1, labels=["yes", "no", "_silence_", "_unknown_"]))
+    randomize_batchnorms(model)
+    model.eval().save_pretrained(folder)
+    return str(folder)
+
+
+def test_listen_says_when_the_audio_server_dies_and_exits_non_zero(mic, tmp_path):
+    listen = Listen(["--model", tiny_listen_model(tmp_path / "model"), "--device", "default", "--samplerate", "16000",
+                     "--hop", "0.1"], mic.env)
+    try:
+        listen.wait_flowing()
+        mic.kill()  # the real fault: the audio server dies mid-stream
+        error = listen.wait_line("error")["error"]
+        assert "reopening 'default'" in error and ("stream stopped" in error or "no audio for" in error), error
+        assert listen.proc.wait(timeout=120) == 2, "".join(listen.stderr)  # no server came back: it gives up
+        listen.reader.join(120)
+        last = "".join(listen.stderr).strip().splitlines()
+        assert last[-1].startswith("mrconv-audio listen: error:") and "could not reopen 'default'" in last[-1]
+        stats = json.loads(last[-2])
+        assert stats["stopped"] and stats["device_lost"] == 1 and stats["reopened"] == 0 and stats["hops"] > 0
+    finally:
+        listen.proc.kill()
+        mic.start()  # a new server for the tests after this one
+
+
+def test_listen_reopens_the_device_when_the_audio_server_comes_back(mic, tmp_path):
+    listen = Listen(["--model", tiny_listen_model(tmp_path / "model"), "--device", "default", "--samplerate", "16000",
+                     "--hop", "0.1"], mic.env)
+    try:
+        listen.wait_flowing()
+        mic.kill()
+        listen.wait_line("error")
+        mic.start()  # the server is back: listen finds it and goes on
+        assert listen.wait_line("reopened")["sample_rate"] == 16000
+        listen.wait_heard_more(1.0)  # audio flows again
+        out, stats = listen.stop()
+        assert stats["device_lost"] == 1 and stats["reopened"] == 1 and stats["error"] is None
+    finally:
+        listen.proc.kill()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--device", "99"], "--device 99: no such input device"),
+    (["--record", "/no/such/dir/x.wav"], "--record /no/such/dir/x.wav: folder /no/such/dir does not exist"),
+    (["--samplerate", "200000"], "--samplerate 200000: a 200000 Hz input is out of range for this model"),
+    (["--no-server"], "no audio input found"),
+])
+def test_listen_bad_settings_are_a_clear_error_before_the_stream_starts(mic, tmp_path, args, message):
+    env = dict(mic.env)
+    if args == ["--no-server"]:
+        env["PULSE_SERVER"], args = f"unix:{tmp_path}/no-server.sock", []
+    done = subprocess.run([sys.executable, "-m", "mrconv_audio.cli", "listen", "--model",
+                           tiny_listen_model(tmp_path / "model"), "--duration", "30", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"mrconv-audio listen: error: {message}"), done.stderr
+    assert '"listening"' not in done.stderr  # refused before the stream opened

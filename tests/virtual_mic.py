@@ -44,6 +44,19 @@ class VirtualMic:
         """Play a WAV into the virtual microphone, paced in real time."""
         return subprocess.Popen(["paplay", "--device=vsink", str(wav)], env=self.env)
 
+    def kill(self) -> None:
+        """The audio server dies (SIGKILL, no goodbye to its clients); start() brings up a new one."""
+        import signal
+
+        pid = int((self.dir / "pulse" / "pid").read_text().split()[0])
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(100):  # until it is gone
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
     def stop(self) -> None:
         subprocess.run(["pulseaudio", "--kill"], env=self.env, capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
