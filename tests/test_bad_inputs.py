@@ -124,3 +124,45 @@ def test_every_bad_model_folder_is_named_by_from_pretrained_info_and_detect(mode
             assert code == 2, (bad.name, command, out, err)
             (line,) = err.strip().splitlines()
             assert line.startswith(f"mrconv-audio {command[0]}: error: ") and bad.names in line, (bad.name, line)
+
+
+def test_the_demo_api_answers_every_bad_upload_with_its_reason_and_keeps_serving(model_dir, tmp_path):
+    """Each corpus file a client can upload (a regular file) through `predict` on a real server: refused with a
+    message, or (stereo, far beyond full scale) classified; the server answers a good clip afterwards."""
+    import socket
+
+    from gradio import close_all
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    from app.demo import launch
+
+    corpus = make_bad_inputs(tmp_path / "in", fifo=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch(MRConvClassifier.from_pretrained(model_dir), str(model_dir), port=port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        tried = 0
+        for bad in corpus:
+            if not bad.path.is_file() or bad.path.is_symlink() or bad.name == "non_utf8_name":
+                continue  # a client uploads a file's bytes: links, folders and names stay on its side
+            tried += 1
+            if bad.usable:
+                result = client.predict(handle_file(str(bad.path)), api_name="/predict")
+                assert result["label"] in TASKS["kws12"], (bad.name, result)
+                assert ("beyond full scale" in " ".join(result["notes"])) == (bad.name == "huge_amplitude")
+                continue
+            with pytest.raises(AppError) as refused:
+                client.predict(handle_file(str(bad.path)), api_name="/predict")
+            message = str(refused.value)
+            assert message and "Traceback" not in message, (bad.name, message)
+            if bad.rate:
+                assert f"{bad.rate} Hz" in message, message
+        assert tried >= 8
+        good = tmp_path / "tone.wav"
+        sf.write(good, tone(16000), 16000)
+        assert client.predict(handle_file(str(good)), api_name="/predict")["label"] in TASKS["kws12"]
+    finally:
+        close_all()
