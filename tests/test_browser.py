@@ -12,7 +12,8 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).parent))
 from mrconv_audio import MRConvClassifier  # noqa: E402
-from test_demo import LABELS, free_port, speechlike, spoken_words, tiny_model  # noqa: E402
+from helpers import spoken_words  # noqa: E402
+from test_demo import LABELS, free_port, speechlike, tiny_model  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -12,7 +12,7 @@ import torch
 from app.demo import (EXAMPLES, MAX_CLIP_SECONDS, NO_KEYWORD, ClipAnalyzer, InputProblem, example_word, kernel_figure,
                       launch, literal)
 from app.limits import ClientLimits, TooManyRequests
-from helpers import randomize_batchnorms
+from helpers import randomize_batchnorms, spoken_words
 from mrconv_audio import MRConvClassifier, MRConvConfig
 from speech_tree import KEYWORDS
 
@@ -54,18 +54,6 @@ def test_long_clip_gets_a_detection_timeline(analyzer, tmp_path):
     result = analyzer.classify(write(tmp_path / "l.wav", speechlike(5, 22050), 22050))
     assert result["duration"] == pytest.approx(5, abs=1e-3) and isinstance(result["timeline"], list)
     assert result["long"] and result["label"] == (", ".join(w for _, w, _ in result["timeline"]) or NO_KEYWORD)
-
-
-def spoken_words(words, rate=16000, gap=1.5):
-    """The shipped examples of `words`, each after `gap` seconds of silence, and their start times."""
-    parts, starts = [], []
-    for word in words:
-        (path,) = EXAMPLES.glob(f"{word}_*.wav")
-        x, r = sf.read(path, dtype="float32")
-        assert r == rate
-        parts += [np.zeros(int(gap * rate), np.float32), x]
-        starts.append(sum(len(p) for p in parts[:-1]) / rate)
-    return np.concatenate(parts + [np.zeros(rate, np.float32)]), starts
 
 
 @pytest.fixture(scope="module")

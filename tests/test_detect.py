@@ -43,9 +43,10 @@ def test_detect_cli_names_a_bad_file(tmp_path, capsys):
 def test_detect_scales_a_file_beyond_full_scale_and_ignores_its_dc_offset(tmp_path, capsys):
     """Integer PCM written as float (x 32768) and a DC offset: the shipped model finds the same words as in the clean
     recording, and detect says what it did with the loud file."""
-    from test_streaming import spoken_stream
+    from helpers import spoken_words
+    from test_streaming import WORDS
 
-    stream = spoken_stream(16000)
+    stream = spoken_words(WORDS)[0]
     variants = {"clean": stream, "loud": stream * 32768, "offset": stream + 0.3}
     found = {}
     for name, x in variants.items():
@@ -54,5 +55,5 @@ def test_detect_scales_a_file_beyond_full_scale_and_ignores_its_dc_offset(tmp_pa
         out = capsys.readouterr()
         found[name] = [(d["label"], round(d["time"], 1)) for d in json.loads(out.out)["detections"]]
         assert ("beyond full scale" in out.err) == (name == "loud")
-    assert [label for label, _ in found["clean"]] == ["down", "left", "no", "stop", "up", "yes"]
+    assert [label for label, _ in found["clean"]] == WORDS
     assert found["loud"] == found["clean"] and found["offset"] == found["clean"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import randomize_batchnorms
+from helpers import randomize_batchnorms, spoken_words
 from mrconv_audio import MRConvClassifier, MRConvConfig
 from mrconv_audio.conditioning import remove_dc
 from mrconv_audio.streaming import (ChunkLag, KeywordSpotter, LagMonitor, NonFiniteScores, StreamConfig, StreamWorker,
@@ -378,18 +378,7 @@ def test_other_models_with_a_log_mel_front_end_take_the_whole_window_path():
 
 # --- input conditioning: DC offset, beyond full scale, non-finite scores ---
 
-def spoken_stream(rate=16000):
-    """The shipped examples, each word in 1.5 s of room, as one stream."""
-    from pathlib import Path
-
-    from mrconv_audio.data.audio import load_audio
-
-    parts = []
-    for path in sorted(Path(__file__).parents[1].glob("app/examples/*.wav")):
-        x, r = load_audio(path)
-        assert r == rate
-        parts += [np.zeros(rate, np.float32), x, np.zeros(rate // 2, np.float32)]
-    return np.concatenate(parts)
+WORDS = ["down", "left", "no", "stop", "up", "yes"]  # the shipped examples
 
 
 def detected(spotter, stream):
@@ -400,9 +389,9 @@ def test_a_dc_offset_changes_nothing_the_engine_detects():
     from mrconv_audio.cli import load_model
 
     model, rate = load_model(None), 16000
-    stream = spoken_stream(rate)
+    stream = spoken_words(WORDS, rate)[0]
     clean = detected(KeywordSpotter(model, rate, StreamConfig(hop_seconds=0.1)), stream)
-    assert [label for label, _ in clean] == ["down", "left", "no", "stop", "up", "yes"]
+    assert [label for label, _ in clean] == WORDS
     for offset in (0.2, -0.5):
         assert detected(KeywordSpotter(model, rate, StreamConfig(hop_seconds=0.1)), stream + offset) == clean
     # Without the DC blocker the same offsets make false accepts (measured: "off" beside "stop" at 0.2)
