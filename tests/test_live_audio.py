@@ -123,6 +123,22 @@ def with_silence(x: np.ndarray, seconds: float, rate: int = 16000) -> np.ndarray
     return np.concatenate([x, np.zeros(round(seconds * rate), np.float32)])
 
 
+def write_words_to_play(path, count=None) -> list[str]:
+    """The first `count` shipped examples (all by default) as one 16 kHz WAV: 0.5 s of silence, then each word
+    padded to 1 s and followed by 1 s of silence (word i plays from 0.5 + 2 i s), then with_silence's tail.
+    Returns the words in order."""
+    from mrconv_audio.audiofile import load_audio
+
+    words, parts = [], [np.zeros(8000, np.float32)]
+    for clip in sorted((ROOT / "app" / "examples").glob("*.wav"))[:count]:
+        x, rate = load_audio(clip)
+        assert rate == 16000 and len(x) <= 16000
+        words.append(clip.name.split("_")[0])
+        parts += [np.pad(x, (0, 16000 - len(x))), np.zeros(16000, np.float32)]
+    sf.write(path, with_silence(np.concatenate(parts), 2.0), 16000)
+    return words
+
+
 def test_engine_on_a_live_device_stream_matches_the_wav(mic, tmp_path):
     import sounddevice as sd
 
@@ -177,16 +193,7 @@ def test_shipped_model_hears_real_speakers_through_the_microphone(mic, tmp_path)
     model listening live must find what it finds offline in the same WAV, each at the word that was playing."""
     from app.listen import detect_file
     from mrconv_audio.cli import load_model
-    from mrconv_audio.data.audio import fit_length, load_audio
-
-    clips = sorted((ROOT / "app" / "examples").glob("*.wav"))
-    words, parts = [], [np.zeros(8000, np.float32)]
-    for clip in clips:
-        x, rate = load_audio(clip)
-        assert rate == 16000
-        words.append(clip.name.split("_")[0])
-        parts += [fit_length(x, 16000), np.zeros(16000, np.float32)]
-    sf.write(tmp_path / "words.wav", with_silence(np.concatenate(parts), 2.0), 16000)
+    words = write_words_to_play(tmp_path / "words.wav")
     onsets = 0.5 + 2.0 * np.arange(len(words))  # word i plays in [onset, onset + 1 s)
     offline = detect_file(load_model(None), tmp_path / "words.wav", hop=0.25)["detections"]
 

@@ -3,11 +3,8 @@ virtual PulseAudio microphone plays real words, and listen must detect what `det
 with the same exported model. Skips, saying why, where no audio server can start."""
 import json
 
-import numpy as np
-import soundfile as sf
-from test_live_audio import ROOT, Listen, mic, with_silence  # noqa: F401  (mic: the fixture)
+from test_live_audio import Listen, mic, write_words_to_play  # noqa: F401  (mic: the fixture)
 
-from mrconv_audio.audiofile import load_audio
 from mrconv_audio.evaluate import default_model_dir
 
 
@@ -15,13 +12,7 @@ def test_listen_with_the_exported_model_hears_the_words(mic, tmp_path):  # noqa:
     from app.listen import detect_file
     from mrconv_audio.onnx_model import OnnxModel
 
-    words, parts = [], [np.zeros(8000, np.float32)]
-    for clip in sorted((ROOT / "app" / "examples").glob("*.wav"))[:4]:
-        x, rate = load_audio(clip)
-        assert rate == 16000
-        words.append(clip.name.split("_")[0])
-        parts += [np.pad(x, (0, 16000 - len(x))), np.zeros(16000, np.float32)]
-    sf.write(tmp_path / "words.wav", with_silence(np.concatenate(parts), 2.0), 16000)
+    words = write_words_to_play(tmp_path / "words.wav", count=4)
     exported = default_model_dir() / "model.onnx"
     offline = detect_file(OnnxModel(exported), tmp_path / "words.wav", hop=0.25)["detections"]
     assert [d["label"] for d in offline] == words, offline
