@@ -261,6 +261,17 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def add_engine_options(p, hop: float, source: str) -> None:
+    """The streaming engine's options, shared by listen and detect; `source` names where the audio comes from."""
+    p.add_argument("--model", help="model folder, or an exported .onnx file (default: the shipped model)")
+    p.add_argument("--threshold", type=float, default=0.6, help="smoothed keyword probability that fires a detection")
+    p.add_argument("--hop", type=float, default=hop, help="seconds between classifications")
+    p.add_argument("--mode", default="kernel", choices=["kernel", "input"],
+                   help=f"kernel: run the model at the {source}'s rate; input: resample the audio to the model's rate")
+    p.add_argument("--compute-device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="mrconv-audio", description="Keyword spotting with MRConv on raw audio. Every subcommand "
                     "but train uses the shipped model (models/kws12-mrconv) unless --model is given.")
@@ -354,27 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
     p.add_argument("--device", help="input device index or name (default: the system's default input)")
     p.add_argument("--samplerate", type=int, help="capture rate in Hz (default: the device's native rate)")
-    p.add_argument("--model", help="model folder, or an exported .onnx file (default: the shipped model)")
-    p.add_argument("--threshold", type=float, default=0.6, help="smoothed keyword probability that fires a detection")
-    p.add_argument("--hop", type=float, default=0.25, help="seconds between classifications")
-    p.add_argument("--mode", default="kernel", choices=["kernel", "input"],
-                   help="kernel: run the model at the device's rate; input: resample the audio to the model's rate")
     p.add_argument("--record", metavar="OUT.wav", help="also save what was heard (default: nothing is saved)")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
-    p.add_argument("--compute-device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
+    add_engine_options(p, hop=0.25, source="device")
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("detect", help="keyword detections with timestamps in a recording")
     p.add_argument("file", help="audio file (WAV, FLAC, ...) at any rate the model runs at")
-    p.add_argument("--model", help="model folder, or an exported .onnx file (default: the shipped model)")
-    p.add_argument("--threshold", type=float, default=0.6, help="smoothed keyword probability that fires a detection")
-    p.add_argument("--hop", type=float, default=0.1, help="seconds between classifications")
-    p.add_argument("--mode", default="kernel", choices=["kernel", "input"],
-                   help="kernel: run the model at the file's rate; input: resample the audio to the model's rate")
     p.add_argument("--json", action="store_true", help="print the detections as JSON instead of a table")
-    p.add_argument("--compute-device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, ...")
-    p.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
+    add_engine_options(p, hop=0.1, source="file")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("export", help="export a model to ONNX at one input rate (runs on onnxruntime, without torch)")
