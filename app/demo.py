@@ -26,7 +26,7 @@ import torch
 
 from app.limits import ClientLimits, FairTurns, TooManyRequests, trim_memory
 from mrconv_audio.data.audio import AudioError, fit_length, load_audio
-from mrconv_audio.conditioning import describe_gain, fit_full_scale, remove_dc
+from mrconv_audio.conditioning import fit_full_scale, full_scale_notes, remove_dc
 from mrconv_audio.streaming import ChunkLag, KeywordSpotter, NonFiniteScores, StreamConfig, rms_dbfs
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -155,10 +155,9 @@ class ClipAnalyzer:
             if long and timeline:
                 events, scanned = self.timeline(x, rate)
                 label = ", ".join(word for _, word, _ in events) or NO_KEYWORD
-        notes = [describe_gain(gain)] if gain != 1.0 else []
         return {"label": label, "confidences": top, "sample_rate": rate, "duration": len(x) / rate,
                 "latency_ms": latency, "long": long, "timeline": events, "audio": x, "scanned": scanned,
-                "notes": notes}
+                "notes": full_scale_notes(gain)}
 
     def timeline(self, x: np.ndarray, rate: int) -> tuple[list, float]:
         """[[time, word, score]] along the clip and the seconds of it scanned. Computed a hop at a time, each in

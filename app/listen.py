@@ -185,12 +185,11 @@ def detect_file(model, path, hop=0.1, threshold=0.6, mode="kernel", compute_devi
     """Run the streaming engine over a recording; returns {"file", "sample_rate", "duration", "detections"}.
     `progress(samples_done, samples_total)`, if given, is called after every hop."""
     from mrconv_audio.audiofile import load_audio  # torch-free: the light runtime reads recordings too
-
-    from mrconv_audio.conditioning import describe_gain, fit_full_scale
+    from mrconv_audio.conditioning import fit_full_scale, full_scale_notes
 
     x, rate = load_audio(path)
     x, gain = fit_full_scale(x)
-    warnings = [describe_gain(gain)] if gain != 1.0 else []
+    warnings = full_scale_notes(gain)
     spotter = KeywordSpotter(model, rate, StreamConfig(hop_seconds=hop, threshold=threshold, mode=mode),
                              device=compute_device)
     results = []

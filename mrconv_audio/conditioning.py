@@ -73,7 +73,9 @@ def fit_full_scale(x: np.ndarray) -> tuple[np.ndarray, float]:
     return (x / peak).astype(np.float32), 1.0 / peak
 
 
-def describe_gain(gain: float, peak_name: str = "samples") -> str:
-    """The warning the apps print for a clip fit_full_scale scaled."""
-    return (f"{peak_name} reach {1 / gain:.3g}, beyond full scale [-1, 1] (integer PCM stored as float?): scaled "
-            f"down by {1 / gain:.3g} before classifying")
+def full_scale_notes(gain: float) -> list[str]:
+    """What the apps say about a clip fit_full_scale scaled by `gain`: nothing when it was not scaled."""
+    if gain == 1.0:
+        return []
+    return [f"samples reach {1 / gain:.3g}, beyond full scale [-1, 1] (integer PCM stored as float?): scaled down by "
+            f"{1 / gain:.3g} before classifying"]
