@@ -129,18 +129,15 @@ def test_every_bad_model_folder_is_named_by_from_pretrained_info_and_detect(mode
 def test_the_demo_api_answers_every_bad_upload_with_its_reason_and_keeps_serving(model_dir, tmp_path):
     """Each corpus file a client can upload (a regular file) through `predict` on a real server: refused with a
     message, or (stereo, far beyond full scale) classified; the server answers a good clip afterwards."""
-    import socket
-
     from gradio import close_all
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
+    from test_demo import free_port
 
     from app.demo import launch
 
     corpus = make_bad_inputs(tmp_path / "in", fifo=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     launch(MRConvClassifier.from_pretrained(model_dir), str(model_dir), port=port, block=False)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
